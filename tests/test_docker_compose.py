@@ -1,0 +1,265 @@
+"""The team-server compose file, checked statically (docker cannot run in the test machine).
+
+Each rule is a function returning problems; the real file must have none, and deliberately
+broken copies must be caught, so a rule that stopped checking would fail here too.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_MOUNT = "/srv/slade"
+POOLS = {"cpu-worker": "cpu-pool", "gpu-worker": "gpu-pool"}
+VAR = re.compile(r"\$\{(?P<name>\w+)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
+SECRET_KEY = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY", re.IGNORECASE)
+URL_PASSWORD = re.compile(r"://[^/:@\s]+:(?P<password>[^@\s]+)@")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def resolve_defaults(text: str) -> str:
+    """What compose substitutes when the variable is unset: its default, else empty."""
+    return VAR.sub(lambda m: m["arg"] if m["op"] in (":-", "-") else "", text)
+
+
+def walk_strings(node: Any) -> list[str]:
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, dict):
+        return [s for value in node.values() for s in walk_strings(value)]
+    if isinstance(node, list):
+        return [s for value in node for s in walk_strings(value)]
+    return []
+
+
+def env_of(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {k: str(v) for k, v in env.items()}
+
+
+def command_of(service: dict[str, Any]) -> str:
+    cmd = service.get("command") or ""
+    return " ".join(cmd) if isinstance(cmd, list) else str(cmd)
+
+
+def is_one_shot(service: dict[str, Any]) -> bool:
+    """A job that runs to completion: declared with `restart: "no"` and serving no ports."""
+    return service.get("restart") == "no" and not service.get("ports")
+
+
+def health_problems(c: dict[str, Any]) -> list[str]:
+    problems = []
+    for name, svc in c["services"].items():
+        test = (svc.get("healthcheck") or {}).get("test")
+        if not test and not is_one_shot(svc):
+            problems.append(f"{name}: no healthcheck and not a one-shot job")
+        deps = svc.get("depends_on") or {}
+        if isinstance(deps, list):  # short form: starts without waiting for health
+            deps = {dep: None for dep in deps}
+        for dep, spec in deps.items():
+            wanted = (
+                "service_completed_successfully"
+                if is_one_shot(c["services"][dep])
+                else "service_healthy"
+            )
+            if not isinstance(spec, dict) or spec.get("condition") != wanted:
+                problems.append(f"{name}: depends_on {dep} must use condition {wanted}")
+    return problems
+
+
+def port_problems(c: dict[str, Any]) -> list[str]:
+    problems = []
+    for name, svc in c["services"].items():
+        for port in svc.get("ports") or []:
+            if isinstance(port, dict):
+                host_ip = resolve_defaults(str(port.get("host_ip", "")))
+            else:
+                parts = resolve_defaults(str(port)).split(":")
+                host_ip = parts[0] if len(parts) == 3 else ""
+            if host_ip != "127.0.0.1":
+                problems.append(f"{name}: port {port} is not bound to 127.0.0.1 by default")
+    return problems
+
+
+def secret_problems(c: dict[str, Any]) -> list[str]:
+    """Secrets only as ${VAR} from .env: no literals and no defaults that would act as one."""
+    problems = []
+
+    def literal(value: str) -> bool:
+        return bool(VAR.sub("", value).strip()) or any(
+            m["op"] in (":-", "-") for m in VAR.finditer(value)
+        )
+
+    for name, svc in c["services"].items():
+        for key, value in env_of(svc).items():
+            if SECRET_KEY.search(key) and literal(value):
+                problems.append(f"{name}: {key} is not taken from the environment")
+        for text in walk_strings(svc):
+            for m in URL_PASSWORD.finditer(text):
+                if literal(m["password"]):
+                    problems.append(f"{name}: literal password in URL {text!r}")
+    return problems
+
+
+def gpu_problems(c: dict[str, Any]) -> list[str]:
+    svc = c["services"].get("gpu-worker") or {}
+    devices = (((svc.get("deploy") or {}).get("resources") or {}).get("reservations") or {}).get(
+        "devices"
+    ) or []
+    if not any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices):
+        return ["gpu-worker: reserves no nvidia gpu device"]
+    return []
+
+
+def worker_problems(c: dict[str, Any]) -> list[str]:
+    problems = []
+    mounts = {}
+    for name, pool in POOLS.items():
+        svc = c["services"].get(name)
+        if svc is None:
+            problems.append(f"{name}: missing")
+            continue
+        cmd = command_of(svc).split()
+        if cmd[:3] != ["prefect", "worker", "start"]:
+            problems.append(f"{name}: does not run `prefect worker start`")
+        if not {("--pool", pool), ("--type", "process")} <= set(zip(cmd, cmd[1:], strict=False)):
+            problems.append(f"{name}: must poll --pool {pool} with --type process")
+        volumes = {
+            v.split(":")[1]: v.split(":")[0] for v in svc.get("volumes", []) if ":" in str(v)
+        }
+        mounts[name] = volumes.get(SHARED_MOUNT)
+        if mounts[name] is None or mounts[name] not in (c.get("volumes") or {}):
+            problems.append(f"{name}: no named volume mounted at {SHARED_MOUNT}")
+        env = env_of(svc)
+        for key in ("SLADE_RUNS_DIR", "PREFECT_LOCAL_STORAGE_PATH"):
+            if not env.get(key, "").startswith(SHARED_MOUNT + "/"):
+                problems.append(f"{name}: {key} must point into {SHARED_MOUNT}")
+        if env.get("PREFECT_API_URL") != "http://prefect-server:4200/api":
+            problems.append(f"{name}: PREFECT_API_URL does not reach the prefect-server service")
+        if env.get("MLFLOW_TRACKING_URI") != "http://mlflow:5000":
+            problems.append(f"{name}: MLFLOW_TRACKING_URI does not reach the mlflow service")
+    if len(set(mounts.values())) != 1:
+        problems.append(f"workers mount different volumes at {SHARED_MOUNT}: {mounts}")
+    return problems
+
+
+RULES = [health_problems, port_problems, secret_problems, gpu_problems, worker_problems]
+
+
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: r.__name__)
+def test_compose_file_follows_the_rule(compose: dict[str, Any], rule):
+    assert rule(compose) == []
+
+
+def _broken(compose: dict[str, Any], edit) -> dict[str, Any]:
+    c = copy.deepcopy(compose)
+    edit(c["services"])
+    return c
+
+
+@pytest.mark.parametrize(
+    ("rule", "edit"),
+    [
+        (health_problems, lambda s: s["mlflow"].pop("healthcheck")),
+        (health_problems, lambda s: s["cpu-worker"].update(depends_on=["mlflow"])),
+        (health_problems, lambda s: s["cpu-worker"].pop("healthcheck")),
+        (port_problems, lambda s: s["mlflow"].update(ports=["5000:5000"])),
+        (port_problems, lambda s: s["mlflow"].update(ports=["${BIND:-0.0.0.0}:5000:5000"])),
+        (secret_problems, lambda s: s["postgres"]["environment"].update(POSTGRES_PASSWORD="x")),
+        (
+            secret_problems,
+            lambda s: s["mlflow"]["environment"].update(AWS_SECRET_ACCESS_KEY="${S3:-hunter2}"),
+        ),
+        (
+            secret_problems,
+            lambda s: s["prefect-server"]["environment"].update(
+                PREFECT_API_DATABASE_CONNECTION_URL="postgresql+asyncpg://u:pw@postgres/prefect"
+            ),
+        ),
+        (gpu_problems, lambda s: s["gpu-worker"].pop("deploy")),
+        (worker_problems, lambda s: s["gpu-worker"].update(command="prefect worker start -p gpu")),
+        (worker_problems, lambda s: s["gpu-worker"].update(volumes=["other:/srv/slade"])),
+        (worker_problems, lambda s: s["cpu-worker"].update(volumes=["slade-results:/data"])),
+    ],
+)
+def test_rules_catch_a_broken_compose_file(compose: dict[str, Any], rule, edit):
+    assert rule(_broken(compose, edit)) != []
+
+
+def test_servers_use_postgres_and_s3_artifacts(compose: dict[str, Any]):
+    services = compose["services"]
+    prefect_db = env_of(services["prefect-server"])["PREFECT_API_DATABASE_CONNECTION_URL"]
+    assert prefect_db.startswith("postgresql+asyncpg://") and "@postgres:5432/" in prefect_db
+    assert "prefect server start" in command_of(services["prefect-server"])
+    health = " ".join(services["prefect-server"]["healthcheck"]["test"])
+    assert "/api/health" in health
+
+    mlflow = command_of(services["mlflow"])
+    assert mlflow.startswith("mlflow server") and "--artifacts-destination=s3://" in mlflow
+    allowed = re.search(r"--allowed-hosts=(\S+)", resolve_defaults(mlflow))
+    assert allowed and "mlflow:5000" in allowed[1].split(","), "workers' Host header refused"
+    env = env_of(services["mlflow"])
+    assert env["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql")
+    assert env["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
+    assert services["mlflow"]["depends_on"]["minio-init"]["condition"] == (
+        "service_completed_successfully"
+    )
+    assert "mc mb" in command_of(services["minio-init"])
+
+    init = services["postgres"]["volumes"]
+    script = next(v.split(":")[0] for v in init if "docker-entrypoint-initdb.d" in v)
+    text = (ROOT / script).read_text()
+    assert "$PREFECT_DB" in text and "$MLFLOW_DB" in text and "CREATE DATABASE" in text
+
+
+def test_every_required_variable_is_documented_and_env_is_not_committed(
+    compose: dict[str, Any],
+):
+    text = (ROOT / "docker-compose.yml").read_text()
+    used = {m["name"] for m in VAR.finditer(text)}
+    required = {m["name"] for m in VAR.finditer(text) if m["op"] in (None, ":?", "?")}
+    example = dict(
+        line.split("=", 1)
+        for line in (ROOT / ".env.example").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    )
+    assert required <= set(example), f"add to .env.example: {sorted(required - set(example))}"
+    assert set(example) <= used, f"unused in compose: {sorted(set(example) - used)}"
+    assert ".env" in (ROOT / ".gitignore").read_text().split()
+    assert ".env" in (ROOT / ".dockerignore").read_text().split(), "secrets baked into image"
+
+
+def test_dockerfile_installs_the_project_for_every_python_service(compose: dict[str, Any]):
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    lines = [line.strip() for line in dockerfile.splitlines()]
+    assert lines[[i for i, line in enumerate(lines) if line.startswith("FROM")][0]] == (
+        "FROM python:3.11-slim"
+    )
+    assert any(line.startswith("COPY pyproject.toml") for line in lines)
+    assert re.search(r"pip install[^\n]*\s\.(\s|$)", dockerfile), "project not pip-installed"
+    assert "pip install --no-deps ." in dockerfile
+    for name in ("prefect-server", "mlflow", "deploy", *POOLS):
+        assert compose["services"][name]["build"]["context"] == ".", name
+
+
+def test_worker_pools_match_the_deployments(compose: dict[str, Any]):
+    deployments = ROOT / "prefect.yaml"
+    if not deployments.exists():
+        pytest.skip("prefect.yaml not written yet")
+    spec = yaml.safe_load(deployments.read_text())
+    pools = {d["work_pool"]["name"] for d in spec["deployments"] if d.get("work_pool")}
+    assert pools <= set(POOLS.values()), f"no worker polls {pools - set(POOLS.values())}"
+    assert all(d["entrypoint"].startswith("flows/pipeline.py:") for d in spec["deployments"])
+    assert "prefect --no-prompt deploy --all" in command_of(compose["services"]["deploy"])
