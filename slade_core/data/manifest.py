@@ -1,0 +1,326 @@
+"""Dataset manifests: where a dataset's files come from and how its layout is read.
+
+A manifest is data (`data_manifests/datasets/<name>.yaml`), validated here on load. The
+`type` field selects the layout (one parser per official layout, plus `folder`, `csv` and
+`synthetic` for your own or generated images). Unknown or misspelled fields are errors that
+name the field and suggest the closest valid one.
+
+Paths in manifests (`path:` of folder/csv datasets) may use `${VAR}` or `${VAR:-default}`;
+relative paths resolve against the repository root. The shipped bird manifests use
+`${SLADE_DATA_ROOT:-../shared/data}`, so exporting SLADE_DATA_ROOT moves them elsewhere.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+
+from slade_core.data.errors import ManifestError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DATASETS_DIR = REPO_ROOT / "data_manifests" / "datasets"
+SPLITS = ("train", "test", "query", "gallery", "unlabeled")
+
+
+def _relative(value: str) -> str:
+    if PurePosixPath(value).is_absolute() or ".." in PurePosixPath(value).parts:
+        raise ValueError(f"{value!r} must be a relative path without '..'")
+    return value
+
+
+RelativePath = Annotated[str, AfterValidator(_relative)]
+
+
+class Strict(BaseModel):
+    """Base: unknown keys are rejected so a typo fails at load time."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Source(Strict):
+    """One file of a dataset: downloaded from `url`, or placed by hand when `gated`.
+
+    The file lives at `<downloads_dir>/<filename>`; archives are unpacked into the dataset
+    directory under `into`, other files are copied there. Digests are verified when given.
+    """
+
+    filename: str = Field(pattern=r"^[^/\\]+$")
+    url: str | None = None
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    md5: str | None = Field(None, pattern=r"^[0-9a-f]{32}$")
+    size: int | None = Field(None, ge=0)
+    gated: bool = False
+    instructions: str = ""
+    extract: bool | None = None
+    into: RelativePath = "."
+
+    @model_validator(mode="after")
+    def _reachable(self) -> Source:
+        if self.url is None and not self.gated:
+            raise ValueError(f"source {self.filename!r} needs a url or gated: true")
+        return self
+
+    @property
+    def is_archive(self) -> bool:
+        if self.extract is not None:
+            return self.extract
+        return self.filename.endswith((".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tar.xz", ".zip"))
+
+
+class ClassSplit(Strict):
+    """Class-disjoint metric-learning split by class id ranges (inclusive, as in the layout)."""
+
+    rule: Literal["classes"]
+    train: tuple[int, int]
+    test: tuple[int, int]
+
+    @model_validator(mode="after")
+    def _ranges(self) -> ClassSplit:
+        for name, (lo, hi) in (("train", self.train), ("test", self.test)):
+            if lo > hi:
+                raise ValueError(f"split.{name}: [{lo}, {hi}] is empty (first > last)")
+        if self.train[0] <= self.test[1] and self.test[0] <= self.train[1]:
+            raise ValueError(f"split: train {self.train} and test {self.test} overlap")
+        return self
+
+
+class SourceSplit(Strict):
+    """Use the split the layout itself gives (In-shop partition file, CSV `split` column)."""
+
+    rule: Literal["source"]
+
+
+SplitRule = Annotated[ClassSplit | SourceSplit, Field(discriminator="rule")]
+
+
+class SubsetRules(Strict):
+    """Reductions applied after the leakage filter (e.g. the paper's CompCars/Fashion200k).
+
+    keep_classes: only these class ids; min_images_per_class: drop smaller classes;
+    max_classes: then keep the largest classes (ties: smaller id), deterministic.
+    """
+
+    keep_classes: list[int] | None = None
+    min_images_per_class: int | None = Field(None, ge=1)
+    max_classes: int | None = Field(None, ge=1)
+
+
+class _Dataset(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    terms: str = ""
+    split: SplitRule | None = None
+    subset: SubsetRules = SubsetRules()
+
+
+class _Downloaded(_Dataset):
+    """A dataset made of downloadable or hand-placed sources, read from `layout_root`."""
+
+    sources: list[Source] = Field(min_length=1)
+    layout_root: RelativePath = "."
+
+
+class Cub200Manifest(_Downloaded):
+    """CUB-200-2011: images.txt, image_class_labels.txt, classes.txt (class ids 1-200)."""
+
+    type: Literal["cub200"]
+    layout_root: RelativePath = "CUB_200_2011"
+
+
+class Cars196Manifest(_Downloaded):
+    """Cars-196 metric-learning files: car_ims/ + cars_annos.mat (class ids 1-196)."""
+
+    type: Literal["cars196"]
+    annotations: str = "cars_annos.mat"
+
+
+class InShopManifest(_Downloaded):
+    """DeepFashion In-shop: img/ + Eval/list_eval_partition.txt (train/query/gallery)."""
+
+    type: Literal["inshop"]
+    partition: str = "Eval/list_eval_partition.txt"
+
+
+class NABirdsManifest(_Downloaded):
+    """NABirds: images.txt, image_class_labels.txt, classes.txt, hierarchy.txt."""
+
+    type: Literal["nabirds"]
+    layout_root: RelativePath = "nabirds"
+
+
+class CompCarsManifest(_Downloaded):
+    """CompCars web-nature data: image/<make>/<model>/<year>/*.jpg + misc/make_model_name.mat."""
+
+    type: Literal["compcars"]
+    layout_root: RelativePath = "data"
+
+
+class Fashion200kManifest(_Downloaded):
+    """Fashion200k: labels/*_detect_all.txt (path, score, caption); class = product id."""
+
+    type: Literal["fashion200k"]
+
+
+class FolderManifest(_Dataset):
+    """Your own images: `path/<class folder>/<image>`; class ids follow sorted folder names."""
+
+    type: Literal["folder"]
+    path: str
+    extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+class CsvManifest(_Dataset):
+    """Your own images listed in a CSV: path, label[, class_name][, split].
+
+    `path` is the CSV file (or a folder holding index.csv); image paths in it are relative
+    to `images_root` (default: the CSV's folder) unless absolute. Without a label column
+    the dataset can only be used as unlabeled data.
+    """
+
+    type: Literal["csv"]
+    path: str
+    images_root: str | None = None
+
+
+class SyntheticManifest(_Dataset):
+    """The generated quickstart set (slade_core.data.synthetic), written to the downloads dir."""
+
+    type: Literal["synthetic"]
+    params: dict[str, Any] = {}
+
+
+DatasetManifest = Annotated[
+    Cub200Manifest
+    | Cars196Manifest
+    | InShopManifest
+    | NABirdsManifest
+    | CompCarsManifest
+    | Fashion200kManifest
+    | FolderManifest
+    | CsvManifest
+    | SyntheticManifest,
+    Field(discriminator="type"),
+]
+_ADAPTER: TypeAdapter[Any] = TypeAdapter(DatasetManifest)
+_ENV = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+
+
+def resolve_path(value: str, base: Path = REPO_ROOT) -> Path:
+    """Expand `${VAR}` / `${VAR:-default}` and resolve a relative path against `base`."""
+
+    def expand(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is None:
+            raise ManifestError(f"path {value!r} uses ${{{name}}}, which is not set; export it")
+        return default
+
+    path = Path(_ENV.sub(expand, value)).expanduser()
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def _tags(models: tuple[type[BaseModel], ...]) -> set[str]:
+    """Discriminator values ('csv', 'classes', ...): pydantic puts them into error locations."""
+    tags: set[str] = set()
+    for model in models:
+        for key in ("type", "rule"):
+            if key in model.model_fields:
+                tags |= set(model.model_fields[key].annotation.__args__)
+    return tags
+
+
+def format_validation_error(
+    err: ValidationError, where: str, models: tuple[type[BaseModel], ...]
+) -> str:
+    """Turn a pydantic error into lines that name each bad field and suggest a fix."""
+    known = sorted({name for model in models for name in model.model_fields})
+    tags = _tags(models)
+    lines = [f"invalid {where}:"]
+    for item in err.errors():
+        loc = [str(p) for p in item["loc"] if str(p) not in tags]
+        message = item["msg"]
+        if item["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            loc.append(str(item["ctx"]["discriminator"]).strip("'"))
+        if item["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.6)
+            message = "unknown field" + (f"; did you mean {close[0]!r}?" if close else "")
+        lines.append(f"  {'.'.join(loc) or '(top level)'}: {message}")
+    return "\n".join(lines)
+
+
+MANIFEST_MODELS: tuple[type[BaseModel], ...] = (
+    Source,
+    ClassSplit,
+    SourceSplit,
+    SubsetRules,
+    Cub200Manifest,
+    Cars196Manifest,
+    InShopManifest,
+    NABirdsManifest,
+    CompCarsManifest,
+    Fashion200kManifest,
+    FolderManifest,
+    CsvManifest,
+    SyntheticManifest,
+)
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file, turning syntax errors into ManifestError with the file named."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ManifestError(f"{path} is not valid YAML: {err}") from err
+
+
+def parse_manifest(raw: Mapping[str, Any], where: str = "dataset manifest") -> DatasetManifest:
+    """Validate a mapping as a dataset manifest (ManifestError naming the bad field)."""
+    if not isinstance(raw, Mapping):
+        raise ManifestError(f"invalid {where}: expected a mapping, got {type(raw).__name__}")
+    try:
+        return _ADAPTER.validate_python(dict(raw))
+    except ValidationError as err:
+        raise ManifestError(format_validation_error(err, where, MANIFEST_MODELS)) from err
+
+
+def manifest_file(ref: str | Path, datasets_dir: Path = DATASETS_DIR) -> Path:
+    """A dataset name (`cub200`) -> data_manifests/datasets/cub200.yaml; a path -> itself."""
+    text = str(ref)
+    if text.endswith((".yaml", ".yml")) or "/" in text or os.sep in text:
+        path = resolve_path(text)
+    else:
+        path = datasets_dir / f"{text}.yaml"
+        if not path.is_file():
+            known = sorted(p.stem for p in datasets_dir.glob("*.yaml"))
+            raise ManifestError(
+                f"unknown dataset {text!r}: choose one of {known} or give a manifest path"
+            )
+    if not path.is_file():
+        raise ManifestError(f"dataset manifest {path} does not exist")
+    return path
+
+
+def load_manifest(
+    ref: str | Path | Mapping[str, Any], datasets_dir: Path = DATASETS_DIR
+) -> DatasetManifest:
+    """Load a dataset manifest given by name, path, or an inline mapping."""
+    if isinstance(ref, Mapping):
+        return parse_manifest(ref)
+    path = manifest_file(ref, datasets_dir)
+    return parse_manifest(read_yaml(path), where=f"dataset manifest {path}")
