@@ -1,0 +1,95 @@
+"""Decode every indexed image once, so bad files are found before training, not during.
+
+Each file is opened, verified and fully decoded (in parallel processes for large sets).
+Missing, empty, unreadable or truncated files, zero-size images and modes the loader cannot
+turn into RGB are reported with the reason; CMYK, grayscale and palette images are fine
+(slade_core.images converts them at load time) and are only counted.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+from PIL import Image, ImageFile
+
+# Modes slade_core.images.load_rgb converts to RGB.
+SUPPORTED_MODES = frozenset(
+    {
+        "1",
+        "L",
+        "LA",
+        "La",
+        "P",
+        "PA",
+        "RGB",
+        "RGBA",
+        "RGBa",
+        "RGBX",
+        "CMYK",
+        "YCbCr",
+        "I",
+        "I;16",
+        "I;16B",
+        "I;16L",
+        "F",
+    }
+)
+_PARALLEL_FROM = 512  # below this, process start-up costs more than it saves
+
+
+@dataclass(frozen=True)
+class ImageStatus:
+    """Result of checking one file: its mode when readable, else the problem."""
+
+    mode: str | None
+    problem: str | None
+
+
+def check_image(path: str) -> ImageStatus:
+    """Open, verify and decode one image file."""
+    try:
+        if os.path.getsize(path) == 0:
+            return ImageStatus(None, "empty file (0 bytes)")
+        with Image.open(path) as im:
+            im.verify()
+        with Image.open(path) as im:
+            if 0 in im.size:
+                return ImageStatus(im.mode, f"zero-size image {im.size[0]}x{im.size[1]}")
+            im.load()
+            mode = im.mode
+    except FileNotFoundError:
+        return ImageStatus(None, "file not found")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        return ImageStatus(None, f"unreadable: {err}")
+    if mode not in SUPPORTED_MODES:
+        return ImageStatus(mode, f"unsupported mode {mode}")
+    return ImageStatus(mode, None)
+
+
+def _check_many(paths: Sequence[str]) -> list[ImageStatus]:
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is a problem, not a warning
+    try:
+        return [check_image(p) for p in paths]
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
+def check_images(paths: Sequence[str], workers: int | None = None) -> list[ImageStatus]:
+    """Check all files, in order; `workers` processes (default: all CPUs) for large sets."""
+    workers = workers or os.cpu_count() or 1
+    if workers == 1 or len(paths) < _PARALLEL_FROM:
+        return _check_many(paths)
+    size = max(64, len(paths) // (workers * 8))
+    chunks = [paths[i : i + size] for i in range(0, len(paths), size)]
+    with ProcessPoolExecutor(workers) as pool:
+        return [status for part in pool.map(_check_many, chunks) for status in part]
+
+
+def mode_counts(statuses: Sequence[ImageStatus]) -> dict[str, int]:
+    """How many readable images of each mode (those not RGB are converted at load time)."""
+    return dict(sorted(Counter(s.mode for s in statuses if s.problem is None).items()))

@@ -1,0 +1,180 @@
+"""The prepare_data stage: datasets of a preset -> index.parquet + filter_report.json.
+
+Order: load and validate every manifest (fail before any download) -> fetch/unpack ->
+parse each layout -> split the labeled set -> filter the unlabeled sets against the labeled
+classes -> subset reductions -> decode-check every image (bad rows are excluded and listed)
+-> remap labels to 0..C-1 over labeled rows (-1 for unlabeled) -> write both files
+atomically. Schema of index.parquet: see CONTRACTS.md / README.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from slade_core.data.acquire import acquire
+from slade_core.data.errors import DataError
+from slade_core.data.filtering import filter_unlabeled
+from slade_core.data.image_check import check_images, mode_counts
+from slade_core.data.parsers import parse_dataset
+from slade_core.data.preset import DataPreset, DatasetRef
+from slade_core.data.rules import apply_split, apply_subset
+from slade_core.io import atomic_path, write_json
+
+log = logging.getLogger(__name__)
+
+INDEX_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("path", pa.string()),
+        ("label", pa.int64()),
+        ("class_name", pa.string()),
+        ("split", pa.string()),
+        ("source", pa.string()),
+    ]
+)
+LABELED_SPLITS = ("train", "test", "query", "gallery")
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """Where the index and report were written, and the headline counts."""
+
+    index_path: Path
+    report_path: Path
+    counts: dict[str, int]
+
+
+def prepare_data(data: DataPreset, out_dir: Path, downloads_dir: Path) -> PreparedData:
+    """Build out_dir/index.parquet and out_dir/filter_report.json for `data`."""
+    out_dir, downloads_dir = Path(out_dir), Path(downloads_dir)
+    labeled_manifest = data.labeled.manifest()
+    unlabeled_manifests = [ref.manifest() for ref in data.unlabeled]
+    split_rule = data.labeled.split or labeled_manifest.split
+    if split_rule is None:
+        raise DataError(
+            f"labeled dataset {labeled_manifest.name!r} has no split rule: add `split:` "
+            "(rule: classes with train/test id ranges, or rule: source) to its manifest "
+            "or to the preset's labeled entry"
+        )
+    names = [labeled_manifest.name] + [m.name for m in unlabeled_manifests]
+    if len(set(names)) != len(names):
+        raise DataError(f"datasets {names} repeat a name; image ids would collide")
+    report: dict[str, Any] = {"datasets": {}, "filter": [], "subset": {}}
+
+    root = acquire(labeled_manifest, downloads_dir)
+    labeled = parse_dataset(labeled_manifest, root)
+    labeled, dropped = apply_split(labeled, split_rule, labeled_manifest.name)
+    labeled, report["subset"][labeled_manifest.name] = _subset(
+        labeled, data.labeled, labeled_manifest
+    )
+    frames = [_finish(labeled, root, labeled_manifest.name)]
+    report["datasets"][labeled_manifest.name] = {
+        "role": "labeled",
+        "root": str(root),
+        "split_rule": split_rule.model_dump(),
+        "rows_outside_split": dropped,
+    }
+
+    reference = labeled[labeled["split"].isin(LABELED_SPLITS)]
+    for ref, manifest in zip(data.unlabeled, unlabeled_manifests, strict=True):
+        root = acquire(manifest, downloads_dir)
+        frame = parse_dataset(manifest, root).assign(split="unlabeled")
+        frame, filter_report = filter_unlabeled(frame, reference, data.filter, manifest.name)
+        frame, report["subset"][manifest.name] = _subset(frame, ref, manifest)
+        report["filter"].append(filter_report)
+        report["datasets"][manifest.name] = {"role": "unlabeled", "root": str(root)}
+        frames.append(_finish(frame, root, manifest.name))
+
+    index = pd.concat(frames, ignore_index=True)
+    duplicated = index["image_id"].duplicated()
+    report["duplicates"] = index.loc[duplicated, "image_id"].tolist()
+    index = index[~duplicated].reset_index(drop=True)
+    index, report["image_check"] = _check(index, data.image_check.workers)
+    index = _remap_labels(index)
+    counts = _counts(index, report)
+    report["counts"] = counts
+    _write(index, out_dir / "index.parquet")
+    report_path = write_json(out_dir / "filter_report.json", report)
+    log.info("prepared index: %s", ", ".join(f"{k}={v}" for k, v in counts.items()))
+    return PreparedData(out_dir / "index.parquet", report_path, counts)
+
+
+def _subset(frame: pd.DataFrame, ref: DatasetRef, manifest: Any) -> tuple[pd.DataFrame, dict]:
+    return apply_subset(frame, ref.subset or manifest.subset)
+
+
+def _finish(frame: pd.DataFrame, root: Path, source: str) -> pd.DataFrame:
+    """Parsed frame -> index columns (labels still the dataset's own ids)."""
+    return pd.DataFrame(
+        {
+            "image_id": source + "/" + frame["rel"],
+            "path": [str(p if Path(p).is_absolute() else root / p) for p in frame["rel"]],
+            "label": frame["label"].astype("int64"),
+            "class_name": frame["class_name"],
+            "split": frame["split"],
+            "source": source,
+        }
+    )
+
+
+def _check(index: pd.DataFrame, workers: int | None) -> tuple[pd.DataFrame, dict[str, Any]]:
+    statuses = check_images(index["path"].tolist(), workers)
+    bad = [i for i, s in enumerate(statuses) if s.problem is not None]
+    listing = [
+        {
+            "image_id": index.at[i, "image_id"],
+            "path": index.at[i, "path"],
+            "reason": statuses[i].problem,
+        }
+        for i in bad
+    ]
+    if bad:
+        log.warning(
+            "image check: %d of %d images excluded (see filter_report.json)", len(bad), len(index)
+        )
+    report = {
+        "checked": len(index),
+        "bad_count": len(bad),
+        "bad": listing,
+        "modes": mode_counts(statuses),
+        "note": "modes other than RGB are converted to RGB at load time",
+    }
+    return index.drop(index=bad).reset_index(drop=True), report
+
+
+def _remap_labels(index: pd.DataFrame) -> pd.DataFrame:
+    labeled = index["split"] != "unlabeled"
+    keys = list(zip(index["source"], index["label"], strict=True))
+    order = sorted({k for k, is_labeled in zip(keys, labeled, strict=True) if is_labeled})
+    new = {k: i for i, k in enumerate(order)}
+    index["label"] = [
+        new[k] if is_labeled else -1 for k, is_labeled in zip(keys, labeled, strict=True)
+    ]
+    index["label"] = index["label"].astype("int64")
+    return index
+
+
+def _counts(index: pd.DataFrame, report: dict[str, Any]) -> dict[str, int]:
+    counts = {
+        f"images_{s}": int((index["split"] == s).sum()) for s in (*LABELED_SPLITS, "unlabeled")
+    }
+    for s in LABELED_SPLITS:
+        counts[f"classes_{s}"] = int(index.loc[index["split"] == s, "label"].nunique())
+    counts["filter_removed_classes"] = sum(f.get("removed_classes", 0) for f in report["filter"])
+    counts["filter_removed_images"] = sum(f.get("removed_images", 0) for f in report["filter"])
+    counts["bad_images"] = report["image_check"]["bad_count"]
+    counts["duplicate_images"] = len(report["duplicates"])
+    return counts
+
+
+def _write(index: pd.DataFrame, path: Path) -> None:
+    table = pa.Table.from_pandas(index, schema=INDEX_SCHEMA, preserve_index=False)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
