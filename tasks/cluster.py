@@ -1,0 +1,20 @@
+"""Stage 4: k-means over the unlabeled embeddings -> pseudo labels (pseudo_labels.parquet)."""
+
+from __future__ import annotations
+
+from slade_core.clustering import make_pseudo_labels
+
+from slade_core.io import write_json
+from tasks.common import StageContext, stage_task
+
+
+@stage_task("cluster", ("cluster",))
+def cluster_task(ctx: StageContext, config, upstream) -> dict[str, float]:
+    """Pseudo labels for the student; cluster-size stats become metrics."""
+    result = make_pseudo_labels(
+        ctx.input(upstream["embeddings"], "embeddings.parquet"),
+        ctx.work_dir / "pseudo_labels.parquet",
+        config.cluster,
+    )
+    write_json(ctx.work_dir / "cluster_stats.json", result.stats)
+    return result.stats

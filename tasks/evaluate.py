@@ -1,0 +1,39 @@
+"""Stage 6: retrieval metrics of every model (metrics.json, report.md, report_examples.png)."""
+
+from __future__ import annotations
+
+from prefect.artifacts import create_table_artifact
+from slade_core.evaluate import evaluate
+
+from tasks.common import StageContext, stage_task
+
+METRIC_NAMES = ("map_at_r", "r_precision", "precision_at_1", "recall_at_1")
+
+
+@stage_task("evaluate", ("runtime", "evaluate"))
+def evaluate_task(ctx: StageContext, config, upstream) -> dict[str, float]:
+    """Evaluate each upstream model (all entries but `data`); metrics as `<model>/<metric>`."""
+    checkpoints = {
+        name: ctx.input(result, result["checkpoint"])
+        for name, result in upstream.items()
+        if name != "data"
+    }
+    result = evaluate(
+        checkpoints,
+        ctx.input(upstream["data"], "index.parquet"),
+        ctx.work_dir,
+        config.evaluate,
+        config.runtime,
+    )
+    models = result.metrics["models"]
+    create_table_artifact(
+        [{"model": name, **values} for name, values in models.items()],
+        key="slade-metrics",
+        description=f"Retrieval metrics ({result.metrics['protocol']}, "
+        f"{result.metrics['n_queries']} queries)",
+    )
+    return {
+        f"{name}/{metric}": value
+        for name, values in models.items()
+        for metric, value in values.items()
+    }
