@@ -1,0 +1,53 @@
+# slade: the README's commands. Everything runs from the repository root.
+#   make demo   venv + install + local Prefect/MLflow services + deploy + quickstart run
+#   make test   venv + install + the test suite
+#   make stop   stop the services `make demo` started
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PRESET ?= quickstart
+STAMP := $(VENV)/.installed
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+export SLADE_VENV := $(abspath $(VENV))
+
+.PHONY: install demo services deploy run stop status test test-fast lint
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch==2.14.1 / torchvision==0.29.1 are pinned in pyproject.toml; pip finds them locally.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(STAMP)
+
+services: install
+	scripts/services.sh up
+
+deploy: services
+	source scripts/env.sh && prefect --no-prompt deploy --all
+
+run:
+	scripts/demo.sh $(PRESET)
+
+demo: deploy
+	scripts/demo.sh $(PRESET)
+
+stop:
+	scripts/services.sh down
+
+status:
+	scripts/services.sh status
+
+test: install
+	$(BIN)/pytest -q
+
+test-fast: install
+	$(BIN)/pytest -q -m 'not slow'
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
