@@ -8,9 +8,11 @@ a preset or an override fails before any work starts, with the field named.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from slade_core.data.preset import DataPreset
 
 
 class StrictModel(BaseModel):
@@ -165,11 +167,11 @@ class EvalConfig(StrictModel):
 class PipelineConfig(StrictModel):
     """Everything one pipeline run needs, validated up front.
 
-    `data` is the dataset part of the preset (see slade_core.data.preset.DataPreset).
+    `data` is the dataset part of the preset (slade_core.data.preset.DataPreset).
     """
 
     preset: str
-    data: dict[str, Any]
+    data: DataPreset
     model: ModelConfig = ModelConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     teacher: TeacherConfig = TeacherConfig()

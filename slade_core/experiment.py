@@ -2,7 +2,8 @@
 
 A preset (`data_manifests/presets/<name>.yaml`) names the data and any hyperparameters
 that differ from the defaults; overrides (flow parameters, CLI) change single fields.
-Everything is validated here, before any stage runs, so a typo or an out-of-range value
+Everything is validated here (including that the named dataset manifests exist and
+parse), before any stage runs, so a typo or an out-of-range value
 fails at once with the field named (e.g. `teacher.optim.epochs`).
 """
 
@@ -17,6 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from slade_core.config import PipelineConfig
+from slade_core.data.errors import ManifestError
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "data_manifests" / "presets"
 
@@ -100,6 +102,15 @@ def load_experiment(
     merged = deep_merge(raw, expand_dotted(overrides or {}))
     source = f"preset {path.stem!r}" + (f" with overrides {dict(overrides)}" if overrides else "")
     try:
-        return PipelineConfig.model_validate(merged)
+        config = PipelineConfig.model_validate(merged)
     except ValidationError as exc:
         raise ExperimentError(_describe(exc, source)) from None
+    refs = {"data.labeled": config.data.labeled}
+    refs |= {f"data.unlabeled[{i}]": ref for i, ref in enumerate(config.data.unlabeled)}
+    for field, ref in refs.items():
+        try:
+            ref.manifest()
+        except ManifestError as exc:
+            message = f"invalid experiment config ({source}):\n  {field}.dataset: {exc}"
+            raise ExperimentError(message) from None
+    return config

@@ -6,8 +6,6 @@ import os
 from pathlib import Path
 
 from slade_core.data.prepare import prepare_data
-from slade_core.data.preset import DataPreset
-
 from tasks.common import StageContext, stage_task
 
 
@@ -19,5 +17,4 @@ def downloads_dir() -> Path:
 @stage_task("prepare_data", ("data",), retries=1, retry_delay_seconds=10)
 def prepare_data_task(ctx: StageContext, config, upstream) -> dict[str, float]:
     """Index the labeled and unlabeled images; downloads are retried once."""
-    prepared = prepare_data(DataPreset.model_validate(config.data), ctx.work_dir, downloads_dir())
-    return {f"count_{split}": n for split, n in prepared.counts.items()}
+    return prepare_data(config.data, ctx.work_dir, downloads_dir()).counts
