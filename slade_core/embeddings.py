@@ -1,0 +1,157 @@
+"""Embedding extraction to `embeddings.parquet`, and reading it back.
+
+Batches are streamed to a pyarrow ParquetWriter, so memory stays flat however large the
+index. With a frozen trunk the (cached, memory-mapped) eval-view trunk features are reused
+and only the head runs. Schema and metadata: .plan/CONTRACTS.md ("embeddings.parquet").
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import DataLoader
+
+from slade_core.config import RuntimeConfig
+from slade_core.features import trunk_feature_file
+from slade_core.images import IndexDataset, build_transform
+from slade_core.io import atomic_path, file_digest
+from slade_core.models import EmbeddingNet, load_model, resolve_device
+
+
+@dataclass(frozen=True)
+class EmbeddingsInfo:
+    path: Path
+    count: int
+    dim: int
+
+
+@dataclass(frozen=True)
+class EmbeddingTable:
+    image_ids: np.ndarray  # [N] str
+    splits: np.ndarray  # [N] str
+    labels: np.ndarray  # [N] int64
+    embeddings: np.ndarray  # [N, d] float32, unit length
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+
+def embeddings_schema(dim: int, model_digest: str) -> pa.Schema:
+    return pa.schema(
+        [
+            ("image_id", pa.string()),
+            ("split", pa.string()),
+            ("label", pa.int64()),
+            ("embedding", pa.list_(pa.float32(), dim)),
+        ],
+        metadata={
+            b"slade.model": model_digest.encode(),
+            b"slade.dim": str(dim).encode(),
+            b"slade.normalized": b"true",
+        },
+    )
+
+
+def extract_embeddings(
+    checkpoint_path: str | os.PathLike,
+    index_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    splits: Sequence[str],
+    runtime: RuntimeConfig,
+) -> EmbeddingsInfo:
+    """Embed the index rows whose split is in `splits` (index order) into a parquet file."""
+    splits = [splits] if isinstance(splits, str) else list(splits)
+    index = pd.read_parquet(index_path)
+    frame = index[index["split"].isin(splits)].reset_index(drop=True)
+    if frame.empty:
+        raise ValueError(
+            f"no rows of {index_path} have split in {splits}; "
+            f"available splits: {sorted(index['split'].unique())}"
+        )
+    model, _ = load_model(checkpoint_path)
+    device = resolve_device(runtime.device)
+    model.to(device).eval()
+    dim = model.spec.embedding_dim
+    schema = embeddings_schema(dim, file_digest(checkpoint_path)[:16])
+    with atomic_path(out_path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for rows, emb in _embedding_batches(model, frame, runtime, device):
+            part = frame.iloc[rows]
+            values = pa.array(emb.reshape(-1), type=pa.float32())
+            writer.write_table(
+                pa.Table.from_arrays(
+                    [
+                        pa.array(part["image_id"].astype(str), pa.string()),
+                        pa.array(part["split"].astype(str), pa.string()),
+                        pa.array(part["label"].astype(np.int64), pa.int64()),
+                        pa.FixedSizeListArray.from_arrays(values, dim),
+                    ],
+                    schema=schema,
+                )
+            )
+    return EmbeddingsInfo(Path(out_path), len(frame), dim)
+
+
+def _embedding_batches(
+    model: EmbeddingNet, frame: pd.DataFrame, runtime: RuntimeConfig, device: torch.device
+) -> Iterator[tuple[slice, np.ndarray]]:
+    """(row slice, float32 embeddings) per batch, in frame order."""
+    bs = runtime.batch_size
+    if not model.trainable_trunk():
+        features = np.load(trunk_feature_file(model, frame, None, runtime), mmap_mode="r")
+        with torch.inference_mode():
+            for start in range(0, len(frame), bs):
+                x = torch.from_numpy(
+                    np.array(features[start : start + bs])
+                )  # copy: memmap is read-only
+                yield slice(start, start + len(x)), _numpy(model.embed_features(x.to(device)))
+        return
+    cuda = device.type == "cuda"
+    mean, std = model.normalization()
+    loader = DataLoader(
+        IndexDataset(frame, build_transform(model.spec.image_size, False, mean, std)),
+        batch_size=bs,
+        num_workers=runtime.num_workers,
+        pin_memory=cuda,
+    )
+    memory_format = torch.channels_last if cuda and runtime.channels_last else None
+    if memory_format is not None:
+        model.to(memory_format=memory_format)
+    with torch.inference_mode(), torch.autocast(device.type, enabled=cuda and runtime.amp):
+        for images, rows in loader:
+            images = images.to(device, non_blocking=True)
+            if memory_format is not None:
+                images = images.contiguous(memory_format=memory_format)
+            start = int(rows[0])
+            yield slice(start, start + len(rows)), _numpy(model(images))
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.float().cpu().numpy()
+
+
+def read_embeddings(path: str | os.PathLike, splits: Sequence[str] | None = None) -> EmbeddingTable:
+    """Load an embeddings.parquet (optionally only some splits) as numpy arrays."""
+    if isinstance(splits, str):
+        splits = [splits]
+    filters = None if splits is None else [("split", "in", list(splits))]
+    table = pq.read_table(path, filters=filters)
+    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    column = table.column("embedding")
+    dim = table.schema.field("embedding").type.list_size
+    values = column.combine_chunks().flatten() if column.num_chunks else pa.array([], pa.float32())
+    return EmbeddingTable(
+        image_ids=np.asarray(table.column("image_id").to_pylist(), dtype=object),
+        splits=np.asarray(table.column("split").to_pylist(), dtype=object),
+        labels=table.column("label").to_numpy().astype(np.int64),
+        embeddings=values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim),
+        metadata=meta,
+    )
