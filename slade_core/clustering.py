@@ -1,0 +1,200 @@
+"""Pseudo labels for the unlabeled set: spherical k-means (FAISS) over teacher embeddings.
+
+SLADE step 2: the teacher embeds the unlabeled images and each k-means cluster id becomes a
+pseudo label for the student. k-means can train on a seeded sample and then assign every
+point, so it scales to unlabeled sets far larger than what k-means must see.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from slade_core.config import ClusterConfig
+from slade_core.embeddings import read_embeddings
+from slade_core.io import atomic_path
+
+
+@dataclass(frozen=True)
+class KMeansResult:
+    assignments: np.ndarray  # int64 [n], cluster id per point
+    distances: np.ndarray  # float32 [n], squared L2 from the (unit) point to its centroid
+    centroids: np.ndarray  # float32 [k, d], unit norm
+
+
+@dataclass(frozen=True)
+class ClusterResult:
+    path: Path
+    stats: dict[str, Any]
+
+
+def spherical_kmeans(
+    x: Any,
+    k: int,
+    iterations: int = 25,
+    seed: int = 0,
+    n_init: int = 1,
+    max_points_per_centroid: int = 256,
+    train_sample_size: int | None = None,
+) -> KMeansResult:
+    """Cluster the L2-normalised rows of x into k groups; repeatable for a given seed.
+
+    With train_sample_size, centroids are trained on that many seeded random rows and all rows
+    are then assigned. FAISS also subsamples to k * max_points_per_centroid rows on its own.
+    n_init runs keep the best objective.
+    """
+    x = _unit_rows(x)
+    n = len(x)
+    if k < 2:
+        raise ValueError(f"k-means needs k >= 2 clusters, got k={k}")
+    if k > n:
+        raise ValueError(f"k={k} clusters but only {n} points; lower cluster.k")
+    train = x
+    if train_sample_size is not None and train_sample_size < n:
+        if train_sample_size < k:
+            raise ValueError(
+                f"train_sample_size={train_sample_size} is smaller than k={k}; "
+                "raise cluster.train_sample_size or lower cluster.k"
+            )
+        rows = np.random.default_rng(seed).choice(n, train_sample_size, replace=False)
+        train = x[np.sort(rows)]
+    kmeans = faiss.Kmeans(
+        x.shape[1],
+        k,
+        niter=iterations,
+        nredo=n_init,
+        seed=seed,
+        spherical=True,
+        max_points_per_centroid=max_points_per_centroid,
+        min_points_per_centroid=1,  # small unlabeled sets are fine; skip FAISS's warning
+        verbose=False,
+    )
+    kmeans.train(train)
+    centroids = np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
+    nearest = faiss.IndexFlatL2(centroids.shape[1])  # kmeans.index is inner-product here
+    nearest.add(centroids)
+    distances, assignments = nearest.search(x, 1)
+    return KMeansResult(
+        assignments=assignments[:, 0].astype(np.int64),
+        distances=distances[:, 0].astype(np.float32),
+        centroids=centroids,
+    )
+
+
+def cluster_size_stats(assignments: np.ndarray, k: int) -> dict[str, Any]:
+    """k, n_points, min/median/max cluster size and number of empty clusters."""
+    assignments = np.asarray(assignments)
+    if assignments.size and (assignments.min() < 0 or assignments.max() >= k):
+        raise ValueError(f"cluster ids must lie in 0..{k - 1}")
+    sizes = np.bincount(assignments, minlength=k)
+    return {
+        "k": int(k),
+        "n_points": int(assignments.size),
+        "min_cluster_size": int(sizes.min()),
+        "median_cluster_size": float(np.median(sizes)),
+        "max_cluster_size": int(sizes.max()),
+        "n_empty": int((sizes == 0).sum()),
+    }
+
+
+def label_agreement(assignments: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Purity and NMI (arithmetic normalisation, as sklearn's default) of clusters vs labels.
+
+    A diagnostic when the clustered rows do carry real labels (e.g. a labeled hold-out).
+    """
+    _, clusters = np.unique(np.asarray(assignments), return_inverse=True)
+    _, classes = np.unique(np.asarray(labels), return_inverse=True)
+    n, n_classes = clusters.size, int(classes.max()) + 1
+    joint = np.bincount(clusters * n_classes + classes, minlength=(clusters.max() + 1) * n_classes)
+    joint = joint.reshape(-1, n_classes) / n
+    p_cluster, p_class = joint.sum(axis=1), joint.sum(axis=0)
+    nz = joint > 0
+    mutual = float((joint[nz] * np.log(joint[nz] / np.outer(p_cluster, p_class)[nz])).sum())
+    entropy = -(p_cluster * np.log(p_cluster)).sum() - (p_class * np.log(p_class)).sum()
+    return {
+        "n_labeled": int(n),
+        "purity": float(joint.max(axis=1).sum()),
+        "nmi": float(mutual / (entropy / 2)) if entropy > 0 else 1.0,
+    }
+
+
+def make_pseudo_labels(
+    embeddings_path: str | Path,
+    out_path: str | Path,
+    cfg: ClusterConfig,
+    split: str = "unlabeled",
+) -> ClusterResult:
+    """Cluster the `split` rows of an embeddings Parquet; write pseudo_labels.parquet atomically.
+
+    Output columns: image_id, cluster (int64), distance (float32, squared L2 to the centroid).
+    Stats add purity/NMI when the clustered rows carry real labels (label >= 0).
+    """
+    table = read_embeddings(embeddings_path, splits=[split])
+    if len(table.image_ids) == 0:
+        raise ValueError(
+            f"no rows with split={split!r} in {embeddings_path}; extract embeddings for that split"
+        )
+    result = spherical_kmeans(
+        table.embeddings,
+        cfg.k,
+        iterations=cfg.iterations,
+        seed=cfg.seed,
+        n_init=cfg.n_init,
+        max_points_per_centroid=cfg.max_points_per_centroid,
+        train_sample_size=cfg.train_sample_size,
+    )
+    stats = cluster_size_stats(result.assignments, cfg.k)
+    labeled = np.asarray(table.labels) >= 0
+    if labeled.any():
+        stats.update(label_agreement(result.assignments[labeled], table.labels[labeled]))
+
+    metadata = {
+        b"slade.k": str(cfg.k).encode(),
+        b"slade.seed": str(cfg.seed).encode(),
+        b"slade.split": split.encode(),
+        b"slade.config": cfg.model_dump_json().encode(),
+        b"slade.stats": json.dumps(stats, sort_keys=True).encode(),
+    }
+    if "slade.model" in table.metadata:  # lineage: which teacher made these pseudo labels
+        metadata[b"slade.model"] = table.metadata["slade.model"].encode()
+    out = pa.table(
+        {
+            "image_id": pa.array(np.asarray(table.image_ids, dtype=object), pa.string()),
+            "cluster": pa.array(result.assignments, pa.int64()),
+            "distance": pa.array(result.distances, pa.float32()),
+        }
+    ).replace_schema_metadata(metadata)
+    with atomic_path(out_path) as tmp:
+        pq.write_table(out, tmp)
+    return ClusterResult(path=Path(out_path), stats=stats)
+
+
+def _unit_rows(x: Any) -> np.ndarray:
+    """float32 rows scaled to unit norm; rejects NaN/inf and zero rows, naming them."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"expected a non-empty [n, dim] matrix, got shape {x.shape}")
+    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+    if bad.size:
+        raise ValueError(
+            f"{bad.size} embedding rows contain NaN or inf (first rows: {bad[:5].tolist()}); "
+            "re-extract the embeddings or drop those images"
+        )
+    norms = np.linalg.norm(x, axis=1)
+    zero = np.flatnonzero(norms == 0)
+    if zero.size:
+        raise ValueError(
+            f"{zero.size} embedding rows are zero vectors (first rows: {zero[:5].tolist()}); "
+            "they have no direction to cluster: drop those images"
+        )
+    return np.ascontiguousarray(x / norms[:, None])
