@@ -1,0 +1,120 @@
+"""Batch samplers with m images per class, so every batch holds positive pairs.
+
+Ranking losses only learn from pairs inside a batch; a uniformly drawn batch of 32 over 100+
+classes rarely contains two images of one class. Both samplers here are pure functions of
+(seed, epoch): a resumed run draws exactly the batches the uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from torch.utils.data import Sampler
+
+
+class MPerClassBatchSampler(Sampler[list[int]]):
+    """Yields `batches_per_epoch` batches of `batch_size // m_per_class` classes x m images.
+
+    Classes are visited in a shuffled cycle (each class once before any repeats); a class with
+    fewer than m images is sampled with replacement. Indices are positions into `labels`.
+    Call `set_epoch(e)` before iterating to get that epoch's (seeded) batches; `stream`
+    separates samplers that share a seed (the student's labeled and unlabeled halves).
+    """
+
+    def __init__(
+        self,
+        labels: Sequence[int] | np.ndarray,
+        m_per_class: int,
+        batch_size: int,
+        seed: int,
+        batches_per_epoch: int,
+        stream: int = 0,
+    ) -> None:
+        labels = np.asarray(labels)
+        if m_per_class < 1 or batch_size % m_per_class:
+            raise ValueError(
+                f"batch_size={batch_size} must be a multiple of m_per_class={m_per_class}; "
+                "change one of them"
+            )
+        if batches_per_epoch < 1:
+            raise ValueError(f"batches_per_epoch must be >= 1, got {batches_per_epoch}")
+        classes, inverse = np.unique(labels, return_inverse=True)
+        self.classes_per_batch = batch_size // m_per_class
+        if len(classes) < self.classes_per_batch:
+            raise ValueError(
+                f"a batch of {batch_size} with {m_per_class} images per class needs at least "
+                f"{self.classes_per_batch} classes, but the labels hold only {len(classes)}; "
+                "lower the batch size, raise m_per_class, or use more classes"
+            )
+        order = np.argsort(inverse, kind="stable")
+        bounds = np.cumsum(np.bincount(inverse))[:-1]
+        self._members = np.split(order, bounds)
+        self.m_per_class = m_per_class
+        self.batch_size = batch_size
+        self.seed = seed
+        self.batches_per_epoch = batches_per_epoch
+        self.stream = stream
+        self.epoch = 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng([self.seed, self.stream, self.epoch])
+        n_classes = len(self._members)
+        cycle = rng.permutation(n_classes)
+        cursor = 0
+        for _ in range(self.batches_per_epoch):
+            if cursor + self.classes_per_batch > n_classes:
+                rest = cycle[cursor:]
+                fresh = rng.permutation(np.setdiff1d(np.arange(n_classes), rest))
+                cycle, cursor = np.concatenate([rest, fresh]), 0
+            chosen = cycle[cursor : cursor + self.classes_per_batch]
+            cursor += self.classes_per_batch
+            batch = []
+            for c in chosen:
+                members = self._members[c]
+                replace = len(members) < self.m_per_class
+                batch.extend(rng.choice(members, self.m_per_class, replace=replace).tolist())
+            yield batch
+
+
+class JointBatchSampler(Sampler[list[int]]):
+    """Student batches: a labeled batch followed by a pseudo-labeled batch, in one index list.
+
+    Positions index the concatenation [labeled rows, unlabeled rows]: the first
+    `labeled.batch_size` entries are labeled rows, the rest are unlabeled rows shifted by
+    `unlabeled_offset` (the number of labeled rows). Both halves are m-per-class (on labels
+    and on pseudo labels), so the unlabeled half has positive pairs too.
+    """
+
+    def __init__(
+        self,
+        labeled: MPerClassBatchSampler,
+        unlabeled: MPerClassBatchSampler,
+        unlabeled_offset: int,
+    ) -> None:
+        if len(labeled) != len(unlabeled):
+            raise ValueError(
+                f"labeled and unlabeled samplers disagree on batches per epoch "
+                f"({len(labeled)} vs {len(unlabeled)}); build both with the same count"
+            )
+        self.labeled = labeled
+        self.unlabeled = unlabeled
+        self.unlabeled_offset = unlabeled_offset
+        self.split = labeled.batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.labeled.set_epoch(epoch)
+        self.unlabeled.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.labeled)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for lab, unl in zip(self.labeled, self.unlabeled, strict=True):
+            yield lab + [i + self.unlabeled_offset for i in unl]

@@ -1,0 +1,145 @@
+"""Where training batches come from: cached trunk features or decoded images.
+
+A frozen trunk (model.trainable_blocks == 0) never changes its output for a given augmented
+image, so its features are computed once per augmented view and cached on disk; each epoch
+then costs only head (and basis) updates: epoch e uses view (e - 1) % runtime.cached_views.
+A trainable trunk needs the images themselves, decoded and augmented by a DataLoader.
+Both sources take a batch sampler over the concatenation of `frames` and yield
+(inputs on the device, row positions), and embed inputs with `embed`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from slade_core.config import RuntimeConfig
+from slade_core.features import cached_trunk_features
+from slade_core.images import IndexDataset, build_transform
+from slade_core.models import EmbeddingNet
+from slade_core.training.loop import Precision
+
+
+def read_split(index_path: str | os.PathLike, split: str) -> pd.DataFrame:
+    """Rows of index.parquet with `split`, renumbered 0..n-1 (positions are row numbers)."""
+    frame = pd.read_parquet(index_path)
+    missing = {"image_id", "path", "label", "split"} - set(frame.columns)
+    if missing:
+        raise ValueError(
+            f"{index_path} lacks columns {sorted(missing)}; re-create it with prepare_data"
+        )
+    rows = frame[frame["split"] == split].reset_index(drop=True)
+    if rows.empty:
+        counts = frame["split"].value_counts().to_dict()
+        raise ValueError(
+            f"{index_path} has no rows with split=={split!r} (splits: {counts}); check the "
+            "data preset"
+        )
+    return rows
+
+
+class CachedFeatureSource:
+    """Batches of cached trunk features of a frozen trunk; `embed` runs the head only."""
+
+    def __init__(
+        self,
+        net: EmbeddingNet,
+        frames: Sequence[pd.DataFrame],
+        sampler,
+        runtime: RuntimeConfig,
+        precision: Precision,
+    ) -> None:
+        self.net = net
+        self.frames = list(frames)
+        self.sampler = sampler
+        self.runtime = runtime
+        self.precision = precision
+        self._view: int | None = None
+        self._features: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def features(self, view: int) -> torch.Tensor:
+        """Trunk features of all rows for one augmented view, on the device (last view kept)."""
+        if view != self._view:
+            self._features = None  # free the previous view before loading the next
+            parts = [cached_trunk_features(self.net, f, view, self.runtime) for f in self.frames]
+            self._features = torch.cat(parts).to(self.precision.device)
+            self._view = view
+        return self._features
+
+    def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        features = self.features((epoch - 1) % self.runtime.cached_views)
+        self.sampler.set_epoch(epoch)
+        for batch in self.sampler:
+            positions = torch.as_tensor(batch, dtype=torch.long)
+            yield features[positions.to(features.device)], positions
+
+    def embed(self, net: EmbeddingNet, inputs: torch.Tensor) -> torch.Tensor:
+        with self.precision.autocast():
+            return net.embed_features(inputs).float()
+
+
+class ImageSource:
+    """Batches of train-augmented images through a DataLoader; `embed` runs the whole net.
+
+    Augmentations draw from torch's RNG (the global one with num_workers=0, per-worker seeds
+    from a (seed, epoch) generator otherwise), so a run repeats for a fixed worker count.
+    """
+
+    def __init__(
+        self,
+        net: EmbeddingNet,
+        frames: Sequence[pd.DataFrame],
+        sampler,
+        runtime: RuntimeConfig,
+        precision: Precision,
+    ) -> None:
+        mean, std = net.normalization()
+        transform = build_transform(net.spec.image_size, True, mean, std)
+        self.dataset = IndexDataset(pd.concat(list(frames), ignore_index=True), transform)
+        self.sampler = sampler
+        self.runtime = runtime
+        self.precision = precision
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.sampler.set_epoch(epoch)
+        seed = int(np.random.SeedSequence([self.runtime.seed, epoch]).generate_state(1)[0])
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=self.sampler,
+            num_workers=self.runtime.num_workers,
+            pin_memory=self.precision.device.type == "cuda",
+            generator=torch.Generator().manual_seed(seed),
+        )
+        memory_format = (
+            torch.channels_last if self.precision.channels_last else torch.contiguous_format
+        )
+        for images, positions in loader:
+            images = images.to(self.precision.device, non_blocking=True)
+            yield images.contiguous(memory_format=memory_format), positions
+
+    def embed(self, net: EmbeddingNet, inputs: torch.Tensor) -> torch.Tensor:
+        with self.precision.autocast():
+            return net(inputs).float()
+
+
+def make_source(
+    net: EmbeddingNet,
+    frames: Sequence[pd.DataFrame],
+    sampler,
+    runtime: RuntimeConfig,
+    precision: Precision,
+) -> CachedFeatureSource | ImageSource:
+    """Cached features for a frozen trunk, images for a trainable one."""
+    kind = ImageSource if net.trainable_trunk() else CachedFeatureSource
+    return kind(net, frames, sampler, runtime, precision)

@@ -1,0 +1,256 @@
+"""The epoch loop teacher and student share: seeding, precision, optimiser, resume.
+
+After every epoch the whole training state (modules, optimiser, grad scaler, RNG states,
+history) is written atomically to `out_dir/resume.pt`. Batches are a pure function of
+(seed, epoch) (see `slade_core.samplers`), so a run killed at any point and restarted from
+that file ends with exactly the weights and history of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from slade_core.config import OptimConfig, RuntimeConfig
+from slade_core.io import atomic_path, write_json
+from slade_core.models import EmbeddingNet, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+RESUME_FILE = "resume.pt"
+RESUME_FORMAT = "slade-resume-v1"
+
+EpochCallback = Callable[[int, int, dict[str, float]], None]
+# step(inputs, positions, iteration) -> (loss to minimise, per-step metrics to average)
+StepFn = Callable[
+    [torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, Mapping[str, torch.Tensor | float]]
+]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    checkpoint_path: Path
+    history: list[dict[str, float]]
+
+
+class BatchSource(Protocol):
+    """Per-epoch batches as (inputs on the device, row positions); see training.data."""
+
+    def __len__(self) -> int: ...
+
+    def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch; pick deterministic cuDNN kernels (cheap, no autotune)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+@dataclass(frozen=True)
+class Precision:
+    """AMP and memory-format choices; both only ever apply on CUDA (CPU runs stay fp32)."""
+
+    device: torch.device
+    dtype: torch.dtype | None = None
+    channels_last: bool = False
+
+    @classmethod
+    def for_runtime(cls, runtime: RuntimeConfig, device: torch.device) -> Precision:
+        if device.type != "cuda":
+            return cls(device)
+        dtype = None
+        if runtime.amp:
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return cls(device, dtype, runtime.channels_last)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def place(self, net: nn.Module, images: bool) -> nn.Module:
+        """Move `net` to the device (channels_last when it will see images on CUDA)."""
+        net = net.to(self.device)
+        return net.to(memory_format=torch.channels_last) if images and self.channels_last else net
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """Loss scaling is needed for fp16 only (bf16 has fp32's exponent range)."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+
+
+def build_optimizer(
+    net: nn.Module,
+    optim: OptimConfig,
+    extra: Sequence[tuple[Iterable[nn.Parameter], float]] = (),
+) -> torch.optim.AdamW:
+    """AdamW with the head at `optim.lr`, trainable trunk parameters at `optim.trunk_lr`,
+    and each (params, lr) of `extra` (the feature basis) as its own group."""
+    groups: list[dict[str, Any]] = [{"params": list(net.head.parameters()), "lr": optim.lr}]
+    trunk = [p for p in net.trunk.parameters() if p.requires_grad]
+    if trunk:
+        groups.append({"params": trunk, "lr": optim.trunk_lr})
+    for params, lr in extra:
+        params = list(params)
+        if params:
+            groups.append({"params": params, "lr": lr})
+    return torch.optim.AdamW(groups, lr=optim.lr, weight_decay=optim.weight_decay)
+
+
+def run_epochs(
+    *,
+    stage: str,
+    out_dir: Path,
+    config_hash: str,
+    epochs: int,
+    source: BatchSource,
+    step: StepFn,
+    modules: Mapping[str, nn.Module],
+    optimizer: torch.optim.Optimizer,
+    precision: Precision,
+    on_epoch: EpochCallback | None = None,
+    epoch_metrics: Callable[[], dict[str, float]] | None = None,
+) -> list[dict[str, float]]:
+    """Train epochs 1..`epochs` (continuing from out_dir/resume.pt when it matches) and
+    return the history: one dict per epoch with "epoch", the mean of every step metric,
+    "loss", `epoch_metrics()` and "lr" (of the first parameter group, the head)."""
+    scaler = precision.grad_scaler()
+    resume_path = Path(out_dir) / RESUME_FILE
+    history = _restore(resume_path, stage, config_hash, modules, optimizer, scaler)
+    iterations = len(source)
+    for epoch in range(len(history) + 1, epochs + 1):
+        for module in modules.values():
+            module.train()
+        totals: dict[str, torch.Tensor] = {}
+        bar = tqdm(
+            source.batches(epoch),
+            total=iterations,
+            desc=f"{stage} {epoch}/{epochs}",
+            leave=False,
+            mininterval=2.0,
+        )
+        for i, (inputs, positions) in enumerate(bar):
+            loss, metrics = step(inputs, positions, (epoch - 1) * iterations + i)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            for name, value in {"loss": loss, **metrics}.items():
+                value = torch.as_tensor(value).detach().float()
+                totals[name] = totals[name] + value if name in totals else value
+            if i % 20 == 0:
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+        bar.close()
+        summary = {name: float(total) / iterations for name, total in totals.items()}
+        if epoch_metrics is not None:
+            summary.update(epoch_metrics())
+        summary["lr"] = float(optimizer.param_groups[0]["lr"])
+        history.append({"epoch": epoch, **summary})
+        _save_resume(resume_path, stage, config_hash, history, modules, optimizer, scaler)
+        if on_epoch is not None:
+            on_epoch(epoch, epochs, summary)
+    return history
+
+
+def finish(
+    net: EmbeddingNet, out_dir: Path, filename: str, meta: dict, history: list[dict[str, float]]
+) -> TrainResult:
+    """Write the final checkpoint and history.json, then drop the resume state."""
+    out_dir = Path(out_dir)
+    path = save_checkpoint(net, out_dir / filename, {**meta, "history": history})
+    write_json(out_dir / "history.json", history)
+    (out_dir / RESUME_FILE).unlink(missing_ok=True)
+    return TrainResult(path, history)
+
+
+def _rng_state() -> dict[str, Any]:
+    name, key, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (name, torch.from_numpy(key.astype(np.int64)), pos, has_gauss, gauss),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    name, key, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, key.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _save_resume(
+    path: Path,
+    stage: str,
+    config_hash: str,
+    history: list[dict[str, float]],
+    modules: Mapping[str, nn.Module],
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+) -> None:
+    payload = {
+        "format": RESUME_FORMAT,
+        "stage": stage,
+        "config_hash": config_hash,
+        "history": history,
+        "modules": {name: m.state_dict() for name, m in modules.items()},
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng": _rng_state(),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def _restore(
+    path: Path,
+    stage: str,
+    config_hash: str,
+    modules: Mapping[str, nn.Module],
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+) -> list[dict[str, float]]:
+    """Load resume state into the given objects; return its history ([] = fresh start)."""
+    if not path.is_file():
+        return []
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("format") != RESUME_FORMAT or state.get("stage") != stage:
+        raise ValueError(
+            f"{path} is not a {stage} resume file ({state.get('format')}, "
+            f"stage {state.get('stage')!r}); delete it or use another out_dir"
+        )
+    if state["config_hash"] != config_hash:
+        log.warning(
+            "%s was written for another configuration or input (hash %s, now %s); "
+            "ignoring it and training %s from scratch",
+            path,
+            state["config_hash"],
+            config_hash,
+            stage,
+        )
+        return []
+    for name, module in modules.items():
+        module.load_state_dict(state["modules"][name])
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    _set_rng_state(state["rng"])
+    history = list(state["history"])
+    log.info("resuming %s after epoch %d from %s", stage, len(history), path)
+    return history
