@@ -1,0 +1,245 @@
+"""The `slade` flow end to end on a tiny generated dataset under a Prefect test server.
+
+One module-scoped scenario runs the real stages once: the student stage fails once (test
+fault hook), the flow run is retried the way `prefect flow-run retry` does it, and a
+second flow run with identical inputs follows. The tests then assert on what it left:
+stage artifacts and their schemas, MLflow parent/child runs, Cached task states.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    """Runs dir, MLflow store and downloads for this module's flow runs."""
+    root = tmp_path_factory.mktemp("flow")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SLADE_RUNS_DIR", str(root / "runs"))
+        mp.setenv("SLADE_DOWNLOADS_DIR", str(root / "downloads"))
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        mp.setenv("MLFLOW_EXPERIMENT_NAME", "slade-test")
+        yield root
+
+
+def _task_runs(flow_run_id) -> dict[str, list]:
+    """Task runs of one flow run by stage name, oldest first."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    by_name: dict[str, list] = {}
+    for run in sorted(runs, key=lambda r: r.created):
+        by_name.setdefault(run.name, []).append(run)
+    return by_name
+
+
+def _retry(flow_run_id):
+    """What `prefect flow-run retry ID --entrypoint ...` does for a run without deployment."""
+    from prefect.client.orchestration import get_client
+    from prefect.flow_engine import run_flow
+    from prefect.states import Scheduled
+
+    from flows.pipeline import slade
+
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(flow_run_id, Scheduled(message="retry"), force=True)
+        flow_run = client.read_flow_run(flow_run_id)
+    return run_flow(slade, flow_run=flow_run, parameters=flow_run.parameters, return_type="state")
+
+
+def _mtimes(runs_dir: Path) -> dict[str, float]:
+    return {str(p): p.stat().st_mtime for p in runs_dir.glob("*/*/stage.json")}
+
+
+@pytest.fixture(scope="module")
+def scenario(prefect_server, stores, tiny_preset):
+    """Fail the student once, retry the flow run, then run again with the same inputs."""
+    from flows.pipeline import slade
+
+    preset, overrides = tiny_preset
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SLADE_FAULT_ONCE", "train_student")
+        failed = slade(preset=preset, overrides=overrides, return_state=True)
+    flow_run_id = failed.state_details.flow_run_id
+    before_retry = _mtimes(stores / "runs")
+    retried = _retry(flow_run_id)
+    after_retry = _mtimes(stores / "runs")
+    again = slade(preset=preset, overrides=overrides, return_state=True)
+    return {
+        "failed": failed,
+        "retried": retried,
+        "again": again,
+        "flow_run_id": flow_run_id,
+        "before_retry": before_retry,
+        "after_retry": after_retry,
+        "runs": stores / "runs",
+    }
+
+
+STAGES = ["prepare_data", "train_teacher", "extract_embeddings", "cluster"]
+ALL_STAGES = [*STAGES, "train_student", "evaluate"]
+
+
+def test_first_attempt_fails_at_the_student_stage(scenario):
+    assert scenario["failed"].is_failed()
+    assert "injected failure" in scenario["failed"].message
+    assert {Path(p).parts[-3] for p in scenario["before_retry"]} == set(STAGES)
+
+
+def test_retry_reruns_only_the_failed_stage_and_after(scenario):
+    assert scenario["retried"].is_completed(), scenario["retried"].message
+    runs = _task_runs(scenario["flow_run_id"])
+    for stage in STAGES:
+        assert runs[stage][-1].state.name == "Cached", stage
+    for stage in ("train_student", "evaluate"):
+        assert runs[stage][-1].state.name == "Completed", stage
+    # earlier stage outputs untouched by the retry
+    for path, mtime in scenario["before_retry"].items():
+        assert scenario["after_retry"][path] == mtime
+
+
+def test_identical_inputs_reuse_every_stage(scenario):
+    assert scenario["again"].is_completed()
+    runs = _task_runs(scenario["again"].state_details.flow_run_id)
+    assert {stage: runs[stage][-1].state.name for stage in ALL_STAGES} == dict.fromkeys(
+        ALL_STAGES, "Cached"
+    )
+    assert scenario["again"].result()["metrics"] == scenario["retried"].result()["metrics"]
+
+
+def _stage_dir(scenario, stage: str) -> Path:
+    (path,) = [Path(p).parent for p in scenario["after_retry"] if Path(p).parts[-3] == stage]
+    return path
+
+
+def test_stage_artifacts_have_their_schemas(scenario):
+    index = pd.read_parquet(_stage_dir(scenario, "prepare_data") / "index.parquet")
+    assert list(index.columns)[:6] == ["image_id", "path", "label", "class_name", "split", "source"]
+    assert {"train", "test", "unlabeled"} <= set(index["split"])
+    assert (index.loc[index["split"] == "unlabeled", "label"] == -1).all()
+    assert json.loads((_stage_dir(scenario, "prepare_data") / "filter_report.json").read_text())
+
+    ckpt = torch.load(_stage_dir(scenario, "train_teacher") / "teacher.pt", weights_only=True)
+    assert ckpt["format"] == "slade-checkpoint-v1" and ckpt["spec"]["embedding_dim"] == 16
+
+    emb = pq.read_table(_stage_dir(scenario, "extract_embeddings") / "embeddings.parquet")
+    assert emb.column_names == ["image_id", "split", "label", "embedding"]
+    assert emb.schema.metadata[b"slade.dim"] == b"16"
+    assert set(emb.column("split").to_pylist()) == {"unlabeled"}
+
+    labels = pq.read_table(_stage_dir(scenario, "cluster") / "pseudo_labels.parquet")
+    assert labels.column_names == ["image_id", "cluster", "distance"]
+    assert labels.schema.metadata[b"slade.k"] == b"4"
+
+    student = torch.load(_stage_dir(scenario, "train_student") / "student.pt", weights_only=True)
+    assert student["format"] == "slade-checkpoint-v1"
+
+    metrics = json.loads((_stage_dir(scenario, "evaluate") / "metrics.json").read_text())
+    assert set(metrics["models"]) == {"teacher", "student"}
+    assert "map_at_r" in metrics["models"]["student"]
+    assert (_stage_dir(scenario, "evaluate") / "report.md").exists()
+
+
+def _mlflow():
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    return client, client.get_experiment_by_name("slade-test").experiment_id
+
+
+def test_mlflow_parent_run_with_one_finished_child_per_stage(scenario):
+    client, exp = _mlflow()
+    flow_run_id = str(scenario["flow_run_id"])
+    (parent,) = client.search_runs(
+        [exp],
+        filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}' "
+        "and tags.`slade.kind` = 'pipeline'",
+    )
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["slade.preset"] == "tiny"
+    assert parent.data.tags["mlflow.source.git.commit"]
+    assert "student/map_at_r" in parent.data.metrics
+    children = client.search_runs(
+        [exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
+    finished = {c.data.tags["slade.stage"]: c for c in children if c.info.status == "FINISHED"}
+    assert sorted(finished) == sorted(ALL_STAGES)
+    assert len(finished) == len([c for c in children if c.info.status == "FINISHED"])
+    # the failed student attempt is kept, marked FAILED
+    student_runs = [c for c in children if c.data.tags["slade.stage"] == "train_student"]
+    assert sorted(c.info.status for c in student_runs) == ["FAILED", "FINISHED"]
+    expected = {
+        "prepare_data": {"index.parquet", "filter_report.json"},
+        "train_teacher": {"teacher.pt", "history.json"},
+        "extract_embeddings": {"embeddings.parquet"},
+        "cluster": {"pseudo_labels.parquet"},
+        "train_student": {"student.pt", "history.json"},
+        "evaluate": {"metrics.json", "report.md"},
+    }
+    for stage, names in expected.items():
+        run = finished[stage]
+        logged = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert names <= logged, (stage, logged)
+        assert "code_version" in run.data.params
+    teacher = finished["train_teacher"].info.run_id
+    assert [m.step for m in client.get_metric_history(teacher, "loss")] == [1, 2]
+    assert finished["train_teacher"].data.params["teacher.optim.epochs"] == "2"
+
+
+def test_reused_stages_appear_as_cached_children_of_the_new_run(scenario):
+    client, exp = _mlflow()
+    parent_id = scenario["again"].result()["mlflow_run_id"]
+    children = client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    assert sorted(c.data.tags["slade.stage"] for c in children) == sorted(ALL_STAGES)
+    assert all(c.data.tags["slade.cached"] == "true" for c in children)
+    assert all(c.data.tags["slade.source_run_id"] for c in children)
+
+
+def test_prefect_artifacts_show_metrics_and_progress(scenario):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        (table,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["slade-metrics"])),
+            limit=1,
+        )
+        everything = client.read_artifacts()
+    assert "map_at_r" in str(table.data)
+    assert any(a.type == "progress" and a.data == 100.0 for a in everything)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"teacher.optim.epochs": 0}, "teacher.optim.epochs"),
+        ({"student": {"use_basis": False}}, "student"),
+        ({"data.labeled.dataset": "no-such-dataset"}, "data.labeled.dataset"),
+    ],
+)
+def test_bad_parameters_fail_before_any_stage(prefect_server, stores, overrides, field):
+    from flows.pipeline import slade
+
+    state = slade(preset="quickstart", overrides=overrides, return_state=True)
+    assert state.is_failed()
+    assert f"  {field}" in state.message
+    assert _task_runs(state.state_details.flow_run_id) == {}
+
+
+def test_unknown_training_pool_fails_before_any_stage(prefect_server, stores):
+    from flows.pipeline import slade
+
+    state = slade(preset="quickstart", training_pool="tpu-pool", return_state=True)
+    assert state.is_failed() and "training_pool='tpu-pool'" in state.message
+    assert _task_runs(state.state_details.flow_run_id) == {}
