@@ -122,14 +122,10 @@ def _embedding_batches(
         num_workers=runtime.num_workers,
         pin_memory=cuda,
     )
-    memory_format = torch.channels_last if cuda and runtime.channels_last else None
-    if memory_format is not None:
-        model.to(memory_format=memory_format)
+    memory_format = torch.channels_last if runtime.channels_last else torch.contiguous_format
     with torch.inference_mode(), torch.autocast(device.type, enabled=cuda and runtime.amp):
         for images, rows in loader:
-            images = images.to(device, non_blocking=True)
-            if memory_format is not None:
-                images = images.contiguous(memory_format=memory_format)
+            images = images.to(device, non_blocking=True, memory_format=memory_format)
             start = int(rows[0])
             yield slice(start, start + len(rows)), _numpy(model(images))
 
