@@ -2,14 +2,15 @@
 
 MAP@R, R-Precision and Precision@1 are computed as AccuracyCalculator(k="max_bin_count")
 computes them (REFERENCE.md section 2): references are ranked by squared L2 distance to the
-query (FAISS IndexFlatL2 on CPU, the same kernel PML uses, so the numbers agree to float
-round-off), the query itself is excluded in self-retrieval, and "lone" queries (no reference
-shares their label) are left out of every average. Only the top max(R) neighbours are searched,
-in blocks of queries, so memory stays bounded and the per-query work is vectorised.
+query, the query itself is excluded in self-retrieval, and "lone" queries (no reference shares
+their label) are left out of every average. On CPU the search is FAISS IndexFlatL2 with PML's
+kernel and query blocks, so distances and rankings are bit-identical to PML's; CUDA tensors
+use a blocked matmul + topk on the GPU. Only the top max(R) neighbours are searched, block by
+block, so memory stays bounded and the per-query work is vectorised.
 
 Differences from PML, all deliberate:
 - Exact distance ties are broken by reference index, also across the search cut-off (PML keeps
-  FAISS's heap order there), so results never depend on thread scheduling.
+  FAISS's heap order), so duplicates rank the same on every run and backend.
 - Labels of any dtype are remapped to 0..C-1 (PML casts labels to float32, which merges labels
   above 2**24).
 - Recall@K is not part of AccuracyCalculator. Here it is the In-shop definition, the fraction
@@ -19,6 +20,7 @@ Differences from PML, all deliberate:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -26,7 +28,10 @@ import faiss
 import numpy as np
 import torch
 
-_QUERY_BLOCK = 4096  # FAISS's own BLAS query block: identical round-off to one big search
+# Query blocks aligned with FAISS's internal BLAS blocks (4096 queries; calls of >= 20
+# queries use BLAS), so every distance has exactly the round-off of one big search (= PML).
+_QUERY_BLOCK = 4096
+_FAISS_BLAS_MIN_QUERIES = 20
 _TORCH_BLOCK_BYTES = 1 << 28  # distance block budget on the torch (CUDA) path
 
 
@@ -64,7 +69,11 @@ def retrieval_metrics(
 
     k = max(int(relevant.max()), max(recall_at))
     sums = np.zeros(len(names), dtype=np.float64)
-    for rows, _, indices in _iter_knn(query, reference, k, scored, exclude_self=self_retrieval):
+    # All rows are searched, lone ones too, in PML's FAISS blocks: same round-off, same order.
+    every_row = np.arange(len(query))
+    for rows, _, indices in _iter_knn(query, reference, k, every_row, self_retrieval):
+        keep = relevant[rows] > 0
+        rows, indices = rows[keep], indices[keep]
         sums += _metric_sums(
             reference_codes[indices] == query_codes[rows, None], relevant[rows], recall_at
         )
@@ -127,8 +136,11 @@ def _iter_knn(
     search = (
         _torch_search(reference) if isinstance(query, torch.Tensor) else _faiss_search(reference)
     )
-    for start in range(0, rows.size, _QUERY_BLOCK):
-        block = rows[start : start + _QUERY_BLOCK]
+    bounds = list(range(0, rows.size, _QUERY_BLOCK)) + [rows.size]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] < _FAISS_BLAS_MIN_QUERIES:
+        del bounds[-2]  # FAISS would take its non-BLAS kernel for a tiny last block
+    for start, end in itertools.pairwise(bounds):
+        block = rows[start:end]
         width = k + 1  # one extra to see ties across the cut-off
         distances, indices = _ranked(search, query, block, width, exclude_self, n_ref)
         pending = np.arange(block.size)
