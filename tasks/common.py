@@ -270,7 +270,10 @@ def adopt_cached(result: StageResult, parent_run_id: str, label: str) -> None:
     client.log_batch(
         run.info.run_id,
         params=[Param(k, v) for k, v in source.data.params.items()],
-        metrics=[Metric(k, v, 0, 0) for k, v in source.data.metrics.items()],
+        metrics=[
+            Metric(k, 0.0 if k == "compute_seconds" else v, 0, 0)
+            for k, v in source.data.metrics.items()
+        ],
     )
     client.set_terminated(run.info.run_id, "FINISHED")
 
