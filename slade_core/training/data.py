@@ -5,7 +5,8 @@ image, so its features are computed once per augmented view and cached on disk; 
 then costs only head (and basis) updates: epoch e uses view (e - 1) % runtime.cached_views.
 A trainable trunk needs the images themselves, decoded and augmented by a DataLoader.
 Both sources take a batch sampler over the concatenation of `frames` and yield
-(inputs on the device, row positions), and embed inputs with `embed`.
+(inputs on the device, row positions), and embed inputs with `embed`. Under torchrun the
+sampler yields only this rank's slice of each batch (see training.distributed).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from slade_core.config import RuntimeConfig
 from slade_core.features import cached_trunk_features
 from slade_core.images import IndexDataset, build_transform
 from slade_core.models import EmbeddingNet
+from slade_core.training import distributed
 from slade_core.training.loop import Precision
 
 
@@ -66,10 +68,14 @@ class CachedFeatureSource:
         return len(self.sampler)
 
     def features(self, view: int) -> torch.Tensor:
-        """Trunk features of all rows for one augmented view, on the device (last view kept)."""
+        """Trunk features of all rows for one augmented view, on the device (last view kept).
+        Distributed, rank 0 fills the disk cache while the other ranks wait, then all load."""
         if view != self._view:
             self._features = None  # free the previous view before loading the next
-            parts = [cached_trunk_features(self.net, f, view, self.runtime) for f in self.frames]
+            with distributed.current().main_first():
+                parts = [
+                    cached_trunk_features(self.net, f, view, self.runtime) for f in self.frames
+                ]
             self._features = torch.cat(parts).to(self.precision.device)
             self._view = view
         return self._features
@@ -90,7 +96,8 @@ class ImageSource:
     """Batches of train-augmented images through a DataLoader; `embed` runs the whole net.
 
     Augmentations draw from torch's RNG (the global one with num_workers=0, per-worker seeds
-    from a (seed, epoch) generator otherwise), so a run repeats for a fixed worker count.
+    from a (seed, epoch[, rank]) generator otherwise), so a run repeats for a fixed worker
+    and process count.
     """
 
     def __init__(
@@ -113,7 +120,8 @@ class ImageSource:
 
     def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.sampler.set_epoch(epoch)
-        seed = int(np.random.SeedSequence([self.runtime.seed, epoch]).generate_state(1)[0])
+        entropy = [self.runtime.seed, epoch, *distributed.current().rank_key()]
+        seed = int(np.random.SeedSequence(entropy).generate_state(1)[0])
         loader = DataLoader(
             self.dataset,
             batch_sampler=self.sampler,

@@ -4,6 +4,10 @@ After every epoch the whole training state (modules, optimiser, grad scaler, RNG
 history) is written atomically to `out_dir/resume.pt`. Batches are a pure function of
 (seed, epoch) (see `slade_core.samplers`), so a run killed at any point and restarted from
 that file ends with exactly the weights and history of an uninterrupted run.
+
+Under torchrun (see `slade_core.training.distributed`) every rank runs this loop; rank 0
+alone writes files, shows progress and calls `on_epoch`. The resume state then holds each
+rank's RNG state, so a resumed multi-process run also repeats its augmentations.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from tqdm.auto import tqdm
 from slade_core.config import OptimConfig, RuntimeConfig
 from slade_core.io import atomic_path, write_json
 from slade_core.models import EmbeddingNet, save_checkpoint
+from slade_core.training import distributed
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +135,7 @@ def run_epochs(
     scaler = precision.grad_scaler()
     resume_path = Path(out_dir) / RESUME_FILE
     history = _restore(resume_path, stage, config_hash, modules, optimizer, scaler)
+    main = distributed.current().is_main
     iterations = len(source)
     for epoch in range(len(history) + 1, epochs + 1):
         for module in modules.values():
@@ -141,6 +147,7 @@ def run_epochs(
             desc=f"{stage} {epoch}/{epochs}",
             leave=False,
             mininterval=2.0,
+            disable=not main,
         )
         for i, (inputs, positions) in enumerate(bar):
             loss, metrics = step(inputs, positions, (epoch - 1) * iterations + i)
@@ -160,7 +167,7 @@ def run_epochs(
         summary["lr"] = float(optimizer.param_groups[0]["lr"])
         history.append({"epoch": epoch, **summary})
         _save_resume(resume_path, stage, config_hash, history, modules, optimizer, scaler)
-        if on_epoch is not None:
+        if on_epoch is not None and main:
             on_epoch(epoch, epochs, summary)
     return history
 
@@ -168,11 +175,16 @@ def run_epochs(
 def finish(
     net: EmbeddingNet, out_dir: Path, filename: str, meta: dict, history: list[dict[str, float]]
 ) -> TrainResult:
-    """Write the final checkpoint and history.json, then drop the resume state."""
+    """Write the final checkpoint and history.json, then drop the resume state (rank 0;
+    the other ranks return once the files exist)."""
     out_dir = Path(out_dir)
-    path = save_checkpoint(net, out_dir / filename, {**meta, "history": history})
-    write_json(out_dir / "history.json", history)
-    (out_dir / RESUME_FILE).unlink(missing_ok=True)
+    ctx = distributed.current()
+    path = out_dir / filename
+    if ctx.is_main:
+        save_checkpoint(net, path, {**meta, "history": history})
+        write_json(out_dir / "history.json", history)
+        (out_dir / RESUME_FILE).unlink(missing_ok=True)
+    ctx.barrier()
     return TrainResult(path, history)
 
 
@@ -196,6 +208,23 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _own_rng_state(saved: dict | list[dict], path: Path) -> dict[str, Any]:
+    """This rank's entry of the saved RNG state(s): one dict from a single process, one
+    per rank from a distributed run."""
+    ctx = distributed.current()
+    states = saved if isinstance(saved, list) else [saved]
+    if len(states) == ctx.world_size:
+        return states[ctx.rank]
+    log.warning(
+        "%s was written by %d process(es), now %d: every rank continues from rank 0's RNG "
+        "state, so augmentations differ from an uninterrupted run",
+        path,
+        len(states),
+        ctx.world_size,
+    )
+    return states[0]
+
+
 def _save_resume(
     path: Path,
     stage: str,
@@ -205,6 +234,10 @@ def _save_resume(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
 ) -> None:
+    ctx = distributed.current()
+    rng = ctx.all_objects(_rng_state()) if ctx.enabled else _rng_state()  # a collective
+    if not ctx.is_main:
+        return
     payload = {
         "format": RESUME_FORMAT,
         "stage": stage,
@@ -213,7 +246,7 @@ def _save_resume(
         "modules": {name: m.state_dict() for name, m in modules.items()},
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict(),
-        "rng": _rng_state(),
+        "rng": rng,
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -250,7 +283,7 @@ def _restore(
         module.load_state_dict(state["modules"][name])
     optimizer.load_state_dict(state["optimizer"])
     scaler.load_state_dict(state["scaler"])
-    _set_rng_state(state["rng"])
+    _set_rng_state(_own_rng_state(state["rng"], path))
     history = list(state["history"])
     log.info("resuming %s after epoch %d from %s", stage, len(history), path)
     return history

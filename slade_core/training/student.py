@@ -11,7 +11,8 @@ minimises  L = L_rank(D_l) + lambda1 * L_rank(D_u) + lambda2 * (L_CE + L_reg).
 - Warm-up: for the first basis.warmup_iterations steps only W_a (and the CE classifier)
   learns, on detached embeddings, so the basis is meaningful before it steers the student.
 The basis is not part of the embedding model: student.pt holds the EmbeddingNet, basis.pt
-the basis, CE and regulariser state.
+the basis, CE and regulariser state. Under torchrun each rank embeds a slice of every joint
+batch and runs the objective on the gathered whole (see training.distributed).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from slade_core.losses import (
 from slade_core.mining import BasisPairMiner
 from slade_core.models import create_model, resolve_device
 from slade_core.samplers import JointBatchSampler, MPerClassBatchSampler
+from slade_core.training import distributed
 from slade_core.training.data import make_source, read_split
 from slade_core.training.loop import (
     EpochCallback,
@@ -201,8 +203,9 @@ def train_student(
         inputs.append(teacher_checkpoint)
     config_hash = stable_hash({**config, "inputs": [file_digest(p) for p in inputs]})
 
+    ctx = distributed.current()
     seed_everything(runtime.seed)
-    device = resolve_device(runtime.device)
+    device = ctx.device(resolve_device(runtime.device))
     precision = Precision.for_runtime(runtime, device)
     net = _student_net(model, teacher_checkpoint, student.init_from_teacher)
     net = precision.place(net, images=net.trainable_trunk())
@@ -216,18 +219,22 @@ def train_student(
         MPerClassBatchSampler(pseudo, m, ubs, runtime.seed, iterations, stream=1),
         unlabeled_offset=len(labeled),
     )
-    source = make_source(net, [labeled, unlabeled], sampler, runtime, precision)
+    source = make_source(
+        net, [labeled, unlabeled], ctx.shard(sampler, lbs + ubs), runtime, precision
+    )
     label_tensor = torch.tensor(all_labels, device=device)
     objective = StudentObjective(
         student, model.embedding_dim, n_classes + n_clusters, split=lbs
     ).to(device)
+    ctx.seed_rank(runtime.seed)  # after every module's initialisation: identical on all ranks
+    embed = ctx.embedder(net, source.embed, device)
     warmup_steps = student.basis.warmup_iterations if student.use_basis else 0
 
     def step(inputs: torch.Tensor, positions: torch.Tensor, iteration: int):
         warmup = iteration < warmup_steps
         with torch.set_grad_enabled(not warmup):
-            embeddings = source.embed(net, inputs)
-        return objective(embeddings, label_tensor[positions.to(device)], warmup)
+            embeddings = embed(inputs)
+        return objective(embeddings, label_tensor[ctx.gather(positions.to(device))], warmup)
 
     optimizer = build_optimizer(
         net, student.optim, extra=[(objective.basis_parameters(), student.basis.lr)]
@@ -245,7 +252,7 @@ def train_student(
         on_epoch=on_epoch,
         epoch_metrics=objective.stats,
     )
-    if objective.basis is not None:
+    if objective.basis is not None and ctx.is_main:
         with atomic_path(out_dir / "basis.pt") as tmp:
             torch.save({k: v.cpu() for k, v in objective.state_dict().items()}, tmp)
     meta = {

@@ -1,7 +1,8 @@
 """Teacher: the embedding network fine-tuned on labeled data with a ranking loss.
 
 Batches hold `batch_size // m_per_class` classes x m images of split=="train" (the
-reality-check protocol's 8 x 4), so every batch has positive pairs for L_rank.
+reality-check protocol's 8 x 4), so every batch has positive pairs for L_rank. Under
+torchrun each rank embeds a slice of every batch and the loss sees the gathered whole.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from slade_core.io import file_digest, stable_hash
 from slade_core.losses import build_ranking_loss
 from slade_core.models import create_model, resolve_device
 from slade_core.samplers import MPerClassBatchSampler
+from slade_core.training import distributed
 from slade_core.training.data import make_source, read_split
 from slade_core.training.loop import (
     EpochCallback,
@@ -53,22 +55,25 @@ def train_teacher(
     }
     config_hash = stable_hash({**config, "index": file_digest(index_path)})
 
+    ctx = distributed.current()
     seed_everything(runtime.seed)
-    device = resolve_device(runtime.device)
+    device = ctx.device(resolve_device(runtime.device))
     precision = Precision.for_runtime(runtime, device)
     net = create_model(model)
     net = precision.place(net, images=net.trainable_trunk())
+    ctx.seed_rank(runtime.seed)
     iterations = teacher.optim.iterations_per_epoch or max(1, len(frame) // teacher.batch_size)
     sampler = MPerClassBatchSampler(
         labels, teacher.m_per_class, teacher.batch_size, runtime.seed, iterations
     )
-    source = make_source(net, [frame], sampler, runtime, precision)
+    source = make_source(net, [frame], ctx.shard(sampler, teacher.batch_size), runtime, precision)
+    embed = ctx.embedder(net, source.embed, device)
     label_tensor = torch.tensor(labels, device=device)
     ranking = build_ranking_loss(teacher.loss)
 
     def step(inputs: torch.Tensor, positions: torch.Tensor, iteration: int):
-        embeddings = source.embed(net, inputs)
-        return ranking(embeddings, label_tensor[positions.to(device)]), {}
+        labels = label_tensor[ctx.gather(positions.to(device))]
+        return ranking(embed(inputs), labels), {}
 
     history = run_epochs(
         stage="teacher",

@@ -1,0 +1,103 @@
+"""Train the teacher or the student as a process, so a stage can launch it under torchrun:
+
+    torchrun --nproc_per_node=4 -m slade_core.training teacher \\
+        --index index.parquet --config config.json --out DIR
+    torchrun --nproc_per_node=4 -m slade_core.training student --index index.parquet \\
+        --pseudo-labels pseudo_labels.parquet --teacher teacher.pt --config config.json --out DIR
+
+config.json is a PipelineConfig dump, or any subset of its sections ("model", "runtime",
+"teacher"/"student"); absent sections take their defaults. Rank 0 writes the outputs of
+train_teacher/train_student to DIR, prints one JSON line per epoch and a final JSON line with
+the checkpoint path. Any failure exits non-zero (torchrun then stops the other ranks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from slade_core.config import (
+    ModelConfig,
+    PipelineConfig,
+    RuntimeConfig,
+    StudentConfig,
+    TeacherConfig,
+)
+from slade_core.training.distributed import from_env, process_group
+from slade_core.training.student import train_student
+from slade_core.training.teacher import train_teacher
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m slade_core.training",
+        description="Train the SLADE teacher or student (single process or under torchrun).",
+    )
+    stages = parser.add_subparsers(dest="stage", required=True)
+    teacher = stages.add_parser("teacher", help="train the teacher on split=='train'")
+    student = stages.add_parser("student", help="train the student with pseudo labels")
+    for sub in (teacher, student):
+        sub.add_argument("--index", type=Path, required=True, help="index.parquet")
+        sub.add_argument("--config", type=Path, required=True, help="PipelineConfig JSON")
+        sub.add_argument("--out", type=Path, required=True, help="output directory")
+    student.add_argument("--pseudo-labels", type=Path, required=True, help="pseudo_labels.parquet")
+    student.add_argument("--teacher", type=Path, required=True, help="teacher checkpoint")
+    return parser
+
+
+def _read_config(path: Path, stage: str) -> tuple[ModelConfig, RuntimeConfig, Any]:
+    """(model, runtime, teacher or student config) from a PipelineConfig-shaped JSON file."""
+    raw = json.loads(path.read_text())
+    if not isinstance(raw, dict):
+        raise ValueError("the top level must be a JSON object of PipelineConfig sections")
+    unknown = set(raw) - set(PipelineConfig.model_fields)
+    if unknown:
+        raise ValueError(
+            f"unknown sections {sorted(unknown)}; expected PipelineConfig fields such as "
+            "'model', 'runtime', 'teacher', 'student'"
+        )
+    kind = TeacherConfig if stage == "teacher" else StudentConfig
+    return (
+        ModelConfig.model_validate(raw.get("model", {})),
+        RuntimeConfig.model_validate(raw.get("runtime", {})),
+        kind.model_validate(raw.get(stage, {})),
+    )
+
+
+def _report_epoch(epoch: int, total: int, metrics: dict[str, float]) -> None:
+    print(json.dumps({"epoch": epoch, "epochs": total, **metrics}), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        model, runtime, stage_config = _read_config(args.config, args.stage)
+    except (OSError, ValueError, ValidationError) as e:
+        parser.error(f"config {args.config}: {e}")
+    logging.basicConfig(
+        level=logging.INFO, format=f"[rank {from_env().rank}] %(levelname)s %(name)s: %(message)s"
+    )
+    with process_group(runtime.device) as ctx:
+        if args.stage == "teacher":
+            result = train_teacher(
+                args.index, model, stage_config, runtime, args.out, on_epoch=_report_epoch
+            )
+        else:
+            result = train_student(
+                args.index, args.pseudo_labels, args.teacher, model, stage_config, runtime,
+                args.out, on_epoch=_report_epoch,
+            )  # fmt: skip
+    if ctx.is_main:
+        print(json.dumps({"checkpoint": str(result.checkpoint_path), "processes": ctx.world_size}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
