@@ -1,0 +1,549 @@
+"""Bird benchmark: SLADE on real offline images, against its teacher and a PML baseline.
+
+Protocol (../shared/data/README.md): cub100 classes 0-49 labeled, classes 50-99 test (every
+test image a query against all others), birds525 unlabeled after the data layer's leakage
+filter. The trunk is ImageNet EfficientNet-Lite0, frozen unless --finetune; its features are
+cached once per augmented view under --cache-dir and shared by every row and seed.
+
+Rows: the pretrained trunk's own pooled features (no training), a pytorch-metric-learning
+baseline (its ContrastiveLoss + MPerClassSampler, a plain loop, the teacher's head, optimiser
+and budget), the teacher, and the poster's student ablation (pseudo labels only, + basis,
++ basis + mining); each student starts from the teacher of its seed.
+
+    .venv/bin/python benchmarks/birds.py --out results_birds.json
+    .venv/bin/python benchmarks/birds.py --quick --out /tmp/quick.json     # smoke run
+    .venv/bin/python benchmarks/birds.py --validation --set student.lambda1=0.5   # tuning
+
+See benchmarks/README.md for what it prints and the measured results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from slade_core.clustering import label_agreement, make_pseudo_labels
+from slade_core.config import (
+    ModelConfig,
+    PipelineConfig,
+    RuntimeConfig,
+    TeacherConfig,
+)
+from slade_core.data.manifest import SubsetRules
+from slade_core.data.prepare import prepare_data
+from slade_core.embeddings import extract_embeddings, read_embeddings
+from slade_core.experiment import load_experiment
+from slade_core.features import cached_trunk_features, trunk_feature_file
+from slade_core.images import IndexDataset, build_transform
+from slade_core.io import write_json
+from slade_core.metrics import retrieval_metrics
+from slade_core.models import create_model, resolve_device, save_checkpoint
+from slade_core.training import train_student, train_teacher
+from slade_core.training.data import read_split
+from slade_core.training.loop import build_optimizer, seed_everything
+
+REPO = Path(__file__).resolve().parents[1]
+PRESET = "birds_offline"
+METRICS = ("map_at_r", "r_precision", "precision_at_1")
+
+# The benchmark's hyperparameters as dotted PipelineConfig overrides on top of the preset.
+# Chosen on the --validation protocol (held-out training classes), see benchmarks/README.md.
+DEFAULTS: dict[str, Any] = {
+    "model.image_size": 128,
+    "model.embedding_dim": 512,
+    "runtime.cached_views": 1,
+    "teacher.optim.epochs": 10,
+    "teacher.optim.lr": 1e-4,
+    "student.optim.epochs": 10,
+    "student.optim.lr": 1e-4,
+    "cluster.k": 400,
+}
+# --quick: a smoke run of every code path in a few minutes (small images, few classes).
+QUICK: dict[str, Any] = {
+    "model.image_size": 64,
+    "runtime.cached_views": 1,
+    "teacher.optim.epochs": 1,
+    "teacher.optim.iterations_per_epoch": 10,
+    "student.optim.epochs": 1,
+    "student.optim.iterations_per_epoch": 10,
+    "student.basis.warmup_iterations": 3,
+    "cluster.k": 20,
+}
+QUICK_LABELED_CLASSES = [*range(10), *range(50, 60)]  # 10 train + 10 test classes of cub100
+QUICK_UNLABELED_CLASSES = 60
+
+STUDENTS = (  # (row name, use_basis, use_mining): the poster's ablation 2, in its order
+    ("student: pseudo labels", False, False),
+    ("student: + basis", True, False),
+    ("student: + basis + mining", True, True),
+)
+TRUNK_ROW = "pretrained trunk (no training)"
+PML_ROW = "PML contrastive baseline"
+TEACHER_ROW = "teacher"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..n-1 for every trained row")
+    p.add_argument("--out", type=Path, default=Path("results_birds.json"), help="results JSON")
+    p.add_argument("--finetune", action="store_true", help="train the whole trunk (slow on CPU)")
+    p.add_argument("--epochs", type=int, help="teacher, student and baseline epochs")
+    p.add_argument("--image-size", type=int, help="trunk input size (images are 128 px)")
+    p.add_argument("--k", type=int, help="k-means clusters for the pseudo labels")
+    p.add_argument("--cache-dir", type=Path, default=REPO / ".slade" / "bench-cache")
+    p.add_argument("--work-dir", type=Path, default=REPO / ".slade" / "bench-birds")
+    p.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--quick", action="store_true", help="tiny budget and data: a smoke run")
+    p.add_argument(
+        "--validation",
+        action="store_true",
+        help="tuning protocol: hold out the last --holdout training classes as the test set "
+        "(the real test classes are not used)",
+    )
+    p.add_argument("--holdout", type=int, default=15, help="classes held out by --validation")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra dotted config override, e.g. student.lambda1=0.5 (value parsed as JSON)",
+    )
+    p.add_argument("--rows", help="comma-separated subset of: trunk,pml,teacher,students")
+    return p.parse_args(argv)
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """["a.b=1", "c=x"] -> {"a.b": 1, "c": "x"} (JSON values, else plain strings)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set expects KEY=VALUE (e.g. student.lambda1=0.5), got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def build_config(args: argparse.Namespace) -> PipelineConfig:
+    """Preset <- benchmark defaults <- --quick <- flags <- --set."""
+    overrides = dict(DEFAULTS)
+    if args.quick:
+        overrides |= QUICK
+    flags = {
+        "teacher.optim.epochs": args.epochs,
+        "student.optim.epochs": args.epochs,
+        "model.image_size": args.image_size,
+        "cluster.k": args.k,
+        "model.trainable_blocks": -1 if args.finetune else None,
+    }
+    overrides |= {key: value for key, value in flags.items() if value is not None}
+    overrides |= parse_overrides(args.set)
+    overrides["runtime.feature_cache_dir"] = str(args.cache_dir)
+    config = load_experiment(PRESET, overrides)
+    if args.quick:
+        data = config.data
+        labeled = data.labeled.model_copy(
+            update={"subset": SubsetRules(keep_classes=QUICK_LABELED_CLASSES)}
+        )
+        unlabeled = [
+            ref.model_copy(update={"subset": SubsetRules(max_classes=QUICK_UNLABELED_CLASSES)})
+            for ref in data.unlabeled
+        ]
+        config.data = data.model_copy(update={"labeled": labeled, "unlabeled": unlabeled})
+    return config
+
+
+def check_data_root(root: Path) -> Path:
+    """The offline bird sets must be there; say where they are expected otherwise."""
+    root = root.resolve()
+    missing = [name for name in ("cub100", "birds525") if not (root / name / "index.csv").is_file()]
+    if missing:
+        raise SystemExit(
+            f"bird benchmark data not found: {', '.join(f'{root}/{m}/index.csv' for m in missing)} "
+            "missing. Put the offline sets cub100/ and birds525/ (see ../shared/data/README.md) "
+            "in one folder and pass it with --data-root"
+        )
+    return root
+
+
+def machine_description(device: torch.device) -> str:
+    """platform, CPU model, cores, torch version and device, in one line."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return (
+        f"{platform.platform()}, {cpu}, {cores} cores, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), device {name}"
+    )
+
+
+def holdout_index(index_path: Path, out_path: Path, n_classes: int) -> Path:
+    """Tuning index: the last `n_classes` training classes become the test set.
+
+    The real test rows are dropped, so choosing hyperparameters never looks at them.
+    """
+    index = pd.read_parquet(index_path)
+    train_classes = np.unique(index.loc[index["split"] == "train", "label"])
+    if not 2 <= n_classes <= len(train_classes) - 8:
+        raise SystemExit(
+            f"--holdout {n_classes}: choose 2..{len(train_classes) - 8} of the "
+            f"{len(train_classes)} training classes (8 must stay for a batch of 8 x 4)"
+        )
+    held = train_classes[-n_classes:]
+    index = index[index["split"] != "test"].copy()
+    index.loc[index["label"].isin(held) & (index["split"] == "train"), "split"] = "test"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    index.reset_index(drop=True).to_parquet(out_path, index=False)
+    return out_path
+
+
+def warm_trunk_cache(spec: ModelConfig, index_path: Path, runtime: RuntimeConfig, views: int):
+    """Compute every cached trunk feature file the rows will read (eval view of the test and
+    unlabeled rows, `views` train views of the train and unlabeled rows); return seconds."""
+    start = time.perf_counter()
+    model = create_model(spec.model_copy(update={"trainable_blocks": 0}))
+    jobs = [(None, "test"), (None, "unlabeled")]
+    if not spec.trainable_blocks:
+        jobs += [(v, s) for v in range(views) for s in ("train", "unlabeled")]
+    for view, split in jobs:
+        trunk_feature_file(model, read_split(index_path, split), view, runtime)
+    return time.perf_counter() - start
+
+
+def scores(embeddings: Any, labels: Any) -> dict[str, float]:
+    """Test-vs-test retrieval (self excluded): MAP@R, R-Precision, P@1."""
+    metrics = retrieval_metrics(embeddings, labels)
+    return {name: metrics[name] for name in METRICS}
+
+
+def evaluate_checkpoint(
+    checkpoint: Path, index_path: Path, runtime: RuntimeConfig
+) -> dict[str, float]:
+    """Embed the test split with the library's extractor and score it."""
+    out = checkpoint.with_name(checkpoint.stem + "-test.parquet")
+    extract_embeddings(checkpoint, index_path, out, ["test"], runtime)
+    table = read_embeddings(out)
+    return scores(table.embeddings, table.labels)
+
+
+def trunk_scores(spec: ModelConfig, index_path: Path, runtime: RuntimeConfig) -> dict[str, float]:
+    """The pretrained trunk's own pooled features, L2-normalised (no head, no training)."""
+    model = create_model(spec.model_copy(update={"trainable_blocks": 0}))
+    test = read_split(index_path, "test")
+    features = cached_trunk_features(model, test, None, runtime)
+    return scores(F.normalize(features, dim=1), test["label"].to_numpy())
+
+
+def train_pml_baseline(
+    index_path: Path, spec: ModelConfig, teacher: TeacherConfig, runtime: RuntimeConfig, out: Path
+) -> Path:
+    """pytorch-metric-learning's ContrastiveLoss + MPerClassSampler in a plain loop.
+
+    Same head, optimiser, margins, batch (batch_size with m_per_class per class), epochs and
+    iterations per epoch as the teacher; a frozen trunk reads the same cached views
+    (epoch e: view (e-1) % cached_views), a trainable one sees augmented images.
+    """
+    from pytorch_metric_learning import losses, samplers
+
+    seed_everything(runtime.seed)  # PML's sampler draws from numpy's global RNG
+    device = resolve_device(runtime.device)
+    net = create_model(spec).to(device)
+    frame = read_split(index_path, "train")
+    labels = torch.tensor(frame["label"].to_numpy(np.int64))
+    bs = teacher.batch_size
+    iterations = teacher.optim.iterations_per_epoch or max(1, len(frame) // bs)
+    sampler = samplers.MPerClassSampler(
+        labels, teacher.m_per_class, batch_size=bs, length_before_new_iter=iterations * bs
+    )
+    loss_fn = losses.ContrastiveLoss(
+        pos_margin=teacher.loss.pos_margin, neg_margin=teacher.loss.neg_margin
+    )
+    optimizer = build_optimizer(net, teacher.optim)
+    if not net.trainable_trunk():
+        positions = torch.arange(len(frame))
+    else:
+        mean, std = net.normalization()
+        dataset = IndexDataset(frame, build_transform(spec.image_size, True, mean, std))
+    for epoch in range(1, teacher.optim.epochs + 1):
+        net.train()
+        if net.trainable_trunk():
+            loader = torch.utils.data.DataLoader(
+                dataset, bs, sampler=sampler, num_workers=runtime.num_workers, drop_last=True
+            )
+            batches = ((x, labels[rows]) for x, rows in loader)
+            embed = net
+        else:
+            features = cached_trunk_features(
+                net, frame, (epoch - 1) % runtime.cached_views, runtime
+            )
+            loader = torch.utils.data.DataLoader(positions, bs, sampler=sampler, drop_last=True)
+            batches = ((features[rows], labels[rows]) for rows in loader)
+            embed = net.embed_features
+        for inputs, batch_labels in batches:
+            loss = loss_fn(embed(inputs.to(device)), batch_labels.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return save_checkpoint(net, out, {"stage": "pml-baseline", "epochs": teacher.optim.epochs})
+
+
+def pseudo_label_quality(index_path: Path, pseudo_path: Path) -> dict[str, float]:
+    """Purity / NMI of the clusters against the hidden species names (a diagnostic only)."""
+    index = pd.read_parquet(index_path, columns=["image_id", "class_name"])
+    pseudo = pd.read_parquet(pseudo_path).merge(index, on="image_id")
+    return label_agreement(pseudo["cluster"].to_numpy(), pseudo["class_name"].to_numpy())
+
+
+def run_seed(
+    seed: int, config: PipelineConfig, index_path: Path, work: Path, rows: set[str]
+) -> tuple[dict[str, dict[str, float]], dict[str, float], float]:
+    """Train and score every row for one seed: ({row: metrics}, {row: seconds}, pl seconds)."""
+    runtime = config.runtime.model_copy(update={"seed": seed})
+    out = work / f"seed{seed}"
+    shutil.rmtree(out, ignore_errors=True)
+    metrics: dict[str, dict[str, float]] = {}
+    seconds: dict[str, float] = {}
+
+    def timed(name: str, fn) -> Any:
+        start = time.perf_counter()
+        result = fn()
+        seconds[name] = time.perf_counter() - start
+        return result
+
+    if "pml" in rows:
+        metrics[PML_ROW] = timed(
+            PML_ROW,
+            lambda: evaluate_checkpoint(
+                train_pml_baseline(
+                    index_path, config.model, config.teacher, runtime, out / "pml" / "pml.pt"
+                ),
+                index_path,
+                runtime,
+            ),
+        )
+        report(seed, PML_ROW, metrics[PML_ROW], seconds[PML_ROW])
+    if not rows & {"teacher", "students"}:
+        return metrics, seconds, 0.0
+
+    def teacher_row():
+        result = train_teacher(index_path, config.model, config.teacher, runtime, out / "teacher")
+        return result.checkpoint_path, evaluate_checkpoint(
+            result.checkpoint_path, index_path, runtime
+        )
+
+    teacher_ckpt, metrics[TEACHER_ROW] = timed(TEACHER_ROW, teacher_row)
+    report(seed, TEACHER_ROW, metrics[TEACHER_ROW], seconds[TEACHER_ROW])
+    if "students" not in rows:
+        return metrics, seconds, 0.0
+
+    start = time.perf_counter()
+    unlabeled = extract_embeddings(
+        teacher_ckpt, index_path, out / "teacher" / "unlabeled.parquet", ["unlabeled"], runtime
+    )
+    cluster = config.cluster.model_copy(update={"seed": seed})
+    pseudo = make_pseudo_labels(unlabeled.path, out / "pseudo_labels.parquet", cluster)
+    pl_seconds = time.perf_counter() - start
+    quality = pseudo_label_quality(index_path, pseudo.path)
+    print(
+        f"  seed {seed} pseudo labels: k={pseudo.stats['k']} sizes "
+        f"{pseudo.stats['min_cluster_size']}-{pseudo.stats['max_cluster_size']} "
+        f"(empty {pseudo.stats['n_empty']}), purity vs hidden species {quality['purity']:.3f}, "
+        f"NMI {quality['nmi']:.3f} ({pl_seconds:.1f}s)",
+        flush=True,
+    )
+    for name, use_basis, use_mining in STUDENTS:
+        student = config.student.model_copy(
+            update={"use_basis": use_basis, "use_mining": use_mining}
+        )
+        student_dir = out / name.split(": ")[1].replace(" ", "").replace("+", "_")
+
+        def student_row(student=student, student_dir=student_dir):
+            result = train_student(
+                index_path,
+                pseudo.path,
+                teacher_ckpt,
+                config.model,
+                student,
+                runtime,
+                student_dir,
+            )
+            return evaluate_checkpoint(result.checkpoint_path, index_path, runtime)
+
+        metrics[name] = timed(name, student_row)
+        report(seed, name, metrics[name], seconds[name])
+    return metrics, seconds, pl_seconds
+
+
+def report(seed: int, name: str, metrics: Mapping[str, float], seconds: float) -> None:
+    values = " ".join(f"{k}={100 * v:.2f}" for k, v in metrics.items())
+    print(f"  seed {seed} {name}: {values} ({seconds:.1f}s)", flush=True)
+
+
+def summarize(name: str, per_seed: Sequence[Mapping[str, float]], seconds: float) -> dict:
+    """Mean and sample standard deviation (n-1; 0 for a single run) of each metric."""
+    row: dict[str, Any] = {"name": name}
+    for metric in METRICS:
+        values = [run[metric] for run in per_seed]
+        row[metric] = statistics.fmean(values)
+        row[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    row["seconds"] = seconds
+    row["runs"] = len(per_seed)
+    return row
+
+
+def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown table: metrics in percent as mean ± std, wall seconds."""
+    header = "| row | MAP@R | R-Precision | P@1 | seconds |"
+    lines = [header, "|---|---:|---:|---:|---:|"]
+    for row in rows:
+        cells = [f"{100 * row[m]:.2f} ± {100 * row[f'{m}_std']:.2f}" for m in METRICS]
+        lines.append(f"| {row['name']} | {' | '.join(cells)} | {row['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def verdicts(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The issue's targets, checked on MAP@R: full student vs teacher and vs the baseline
+    (difference of means against two standard deviations of each row), and the ablation order."""
+    by_name = {row["name"]: row for row in rows}
+    full = by_name.get(STUDENTS[-1][0])
+    if full is None:
+        return []
+    lines = []
+    for other in (TEACHER_ROW, PML_ROW):
+        if other not in by_name:
+            continue
+        gap = full["map_at_r"] - by_name[other]["map_at_r"]
+        bar = 2 * max(full["map_at_r_std"], by_name[other]["map_at_r_std"])
+        verdict = "yes" if gap > bar else "no"
+        if min(full["runs"], by_name[other]["runs"]) < 2:
+            verdict = "n/a (one seed: no std)"
+        lines.append(
+            f"full student - {other}: {100 * gap:+.2f} MAP@R; > 2 std ({100 * bar:.2f})? {verdict}"
+        )
+    order = [TEACHER_ROW] + [name for name, _, _ in STUDENTS]
+    values = [by_name[name]["map_at_r"] for name in order if name in by_name]
+    ordered = all(a < b for a, b in zip(values, values[1:], strict=False))
+    lines.append(f"ablation in the paper's order (teacher < ... < full student)? {ordered}")
+    return lines
+
+
+def results_payload(
+    machine: str, rows: Sequence[Mapping[str, Any]], extra: Mapping[str, Any]
+) -> dict[str, Any]:
+    return {"machine": machine, "rows": list(rows), **extra}
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    wall = time.perf_counter()
+    torch.set_num_threads(args.threads)
+    data_root = check_data_root(args.data_root)
+    os.environ["SLADE_DATA_ROOT"] = str(data_root)  # read by the cub100/birds525 manifests
+    config = build_config(args)
+    rows = set((args.rows or "trunk,pml,teacher,students").split(","))
+    unknown = rows - {"trunk", "pml", "teacher", "students"}
+    if unknown:
+        raise SystemExit(f"--rows: unknown {sorted(unknown)}; use trunk,pml,teacher,students")
+    seeds = 1 if args.quick else args.seeds
+    work = args.work_dir / ("quick" if args.quick else "full")
+    device = resolve_device(config.runtime.device)
+    machine = machine_description(device)
+    print(f"machine: {machine}", flush=True)
+
+    start = time.perf_counter()
+    prepared = prepare_data(config.data, work / "data", work / "downloads")
+    prepare_seconds = time.perf_counter() - start
+    filter_report = json.loads(Path(prepared.report_path).read_text())
+    removed = [r["class_name"] for f in filter_report["filter"] for r in f.get("removed", [])]
+    print(f"data ({prepare_seconds:.1f}s): {prepared.counts}", flush=True)
+    print(f"leakage filter removed {len(removed)} unlabeled species: {', '.join(removed)}")
+    index_path = Path(prepared.index_path)
+    if args.validation:
+        index_path = holdout_index(index_path, work / "validation" / "index.parquet", args.holdout)
+        print(f"VALIDATION protocol: last {args.holdout} training classes are the test set")
+
+    views = min(
+        config.runtime.cached_views, max(config.teacher.optim.epochs, config.student.optim.epochs)
+    )
+    cache_seconds = warm_trunk_cache(config.model, index_path, config.runtime, views)
+    print(f"trunk feature cache ready ({cache_seconds:.1f}s, {views} train views)", flush=True)
+
+    per_seed: dict[str, list[dict[str, float]]] = {}
+    seconds: dict[str, float] = {}
+    if "trunk" in rows:
+        start = time.perf_counter()
+        per_seed[TRUNK_ROW] = [trunk_scores(config.model, index_path, config.runtime)]
+        seconds[TRUNK_ROW] = time.perf_counter() - start
+        report(0, TRUNK_ROW, per_seed[TRUNK_ROW][0], seconds[TRUNK_ROW])
+    pl_seconds = 0.0
+    for seed in range(seeds):
+        metrics, took, pl = run_seed(seed, config, index_path, work, rows)
+        pl_seconds += pl
+        for name, values in metrics.items():
+            per_seed.setdefault(name, []).append(values)
+            seconds[name] = seconds.get(name, 0.0) + took[name]
+
+    order = [TRUNK_ROW, PML_ROW, TEACHER_ROW] + [name for name, _, _ in STUDENTS]
+    table = [summarize(n, per_seed[n], seconds[n]) for n in order if n in per_seed]
+    total = time.perf_counter() - wall
+    extra = {
+        "protocol": "validation (held-out training classes)" if args.validation else "test",
+        "seeds": list(range(seeds)),
+        "std": "sample standard deviation over seeds (n-1)",
+        "metrics_scale": "fractions (the printed table shows percent)",
+        "data_counts": prepared.counts,
+        "leakage_filter_removed": removed,
+        "config": config.model_dump(mode="json", exclude={"data"}),
+        "timing_seconds": {
+            "prepare_data": prepare_seconds,
+            "trunk_feature_cache": cache_seconds,
+            "pseudo_labels": pl_seconds,
+            "total": total,
+        },
+        "command": " ".join(
+            [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]
+        ),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+    payload = results_payload(machine, table, extra)
+    write_json(args.out, payload)
+    print()
+    print(format_table(table))
+    for line in verdicts(table):
+        print(line)
+    print(
+        f"\nwall time {total:.0f}s (data {prepare_seconds:.0f}s, trunk features "
+        f"{cache_seconds:.0f}s, pseudo labels {pl_seconds:.0f}s); seconds per row = that row's "
+        f"training + evaluation summed over {seeds} seed(s); results in {args.out}"
+    )
+    return payload
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""The bird benchmark's pure parts: config assembly, tuning split, summaries, table, JSON."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from slade_core.config import ModelConfig, OptimConfig, RuntimeConfig, TeacherConfig
+from slade_core.models import create_model, load_model
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "birds.py"
+
+
+@pytest.fixture(scope="module")
+def birds():
+    spec = importlib.util.spec_from_file_location("bench_birds", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_summary_uses_sample_std_and_single_run_has_zero_std(birds):
+    runs = [
+        {"map_at_r": 0.2, "r_precision": 0.3, "precision_at_1": 0.5},
+        {"map_at_r": 0.4, "r_precision": 0.3, "precision_at_1": 0.7},
+    ]
+    row = birds.summarize("teacher", runs, 12.0)
+    assert row["map_at_r"] == pytest.approx(0.3)
+    assert row["map_at_r_std"] == pytest.approx(math.sqrt(0.02))  # n-1 in the denominator
+    assert row["r_precision_std"] == 0.0
+    assert row["seconds"] == 12.0 and row["runs"] == 2
+    assert birds.summarize("trunk", runs[:1], 1.0)["map_at_r_std"] == 0.0
+
+
+def test_table_and_payload_schema(birds, tmp_path):
+    rows = [
+        birds.summarize(birds.TEACHER_ROW, [{m: 0.25 for m in birds.METRICS}] * 3, 30.0),
+        birds.summarize(birds.STUDENTS[-1][0], [{m: 0.30 for m in birds.METRICS}] * 3, 60.0),
+    ]
+    table = birds.format_table(rows)
+    assert table.splitlines()[0].startswith("| row | MAP@R")
+    assert "| teacher | 25.00 ± 0.00 | 25.00 ± 0.00 | 25.00 ± 0.00 | 30 |" in table
+
+    payload = birds.results_payload("machine x", rows, {"seeds": [0, 1, 2]})
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(payload))
+    loaded = json.loads(path.read_text())
+    assert loaded["machine"] == "machine x"
+    for row in loaded["rows"]:
+        for key in ("name", "map_at_r", "r_precision", "precision_at_1", "map_at_r_std", "seconds"):
+            assert key in row
+
+    lines = birds.verdicts(rows)
+    assert lines[0].startswith("full student - teacher: +5.00 MAP@R") and lines[0].endswith("yes")
+    assert lines[-1].endswith("True")
+
+
+def test_overrides_parse_json_values_and_reject_missing_equals(birds):
+    assert birds.parse_overrides(["student.lambda1=0.5", "model.head=mlp", "a.b=true"]) == {
+        "student.lambda1": 0.5,
+        "model.head": "mlp",
+        "a.b": True,
+    }
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        birds.parse_overrides(["student.lambda1"])
+
+
+def test_holdout_index_hides_the_test_classes(birds, tmp_path):
+    rows = []
+    for label in range(12):
+        rows += [{"image_id": f"a/{label}/{i}", "label": label, "split": "train"} for i in range(3)]
+    rows += [{"image_id": f"b/{i}", "label": 99, "split": "test"} for i in range(3)]
+    rows += [{"image_id": f"u/{i}", "label": -1, "split": "unlabeled"} for i in range(3)]
+    pd.DataFrame(rows).to_parquet(tmp_path / "index.parquet")
+    out = birds.holdout_index(tmp_path / "index.parquet", tmp_path / "v" / "index.parquet", 3)
+    index = pd.read_parquet(out)
+    assert sorted(index.loc[index["split"] == "test", "label"].unique()) == [9, 10, 11]
+    assert 99 not in set(index["label"])
+    assert (index["split"] == "unlabeled").sum() == 3
+    with pytest.raises(SystemExit, match="--holdout"):
+        birds.holdout_index(tmp_path / "index.parquet", tmp_path / "w.parquet", 5)
+
+
+def test_missing_data_root_is_a_clear_error(birds, tmp_path):
+    with pytest.raises(SystemExit, match="--data-root"):
+        birds.check_data_root(tmp_path)
+
+
+@pytest.fixture()
+def tiny_index(tmp_path):
+    """8 classes x 4 coloured 32 px images, all split=="train"."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for label in range(8):
+        colour = rng.integers(0, 256, 3)
+        for i in range(4):
+            pixels = np.clip(colour + rng.normal(0, 10, (32, 32, 3)), 0, 255).astype(np.uint8)
+            path = tmp_path / f"{label}-{i}.png"
+            Image.fromarray(pixels).save(path)
+            rows.append(
+                {"image_id": f"t/{path.name}", "path": str(path), "label": label, "split": "train"}
+            )
+    index = tmp_path / "index.parquet"
+    pd.DataFrame(rows).to_parquet(index, index=False)
+    return index
+
+
+@pytest.mark.parametrize("trainable_blocks", [0, -1])
+def test_pml_baseline_trains_the_head_or_whole_net(birds, tiny_index, tmp_path, trainable_blocks):
+    spec = ModelConfig(
+        backbone="test_byobnet",
+        weights="none",
+        embedding_dim=8,
+        image_size=32,
+        trainable_blocks=trainable_blocks,
+    )
+    teacher = TeacherConfig(optim=OptimConfig(epochs=2, iterations_per_epoch=3, lr=1e-2))
+    runtime = RuntimeConfig(device="cpu", feature_cache_dir=tmp_path / "cache", batch_size=16)
+    torch.manual_seed(0)
+    start = create_model(spec).state_dict()
+    path = birds.train_pml_baseline(tiny_index, spec, teacher, runtime, tmp_path / "pml.pt")
+    trained, meta = load_model(path)
+    assert meta["stage"] == "pml-baseline"
+    changed = {
+        k.split(".")[0] for k, v in trained.state_dict().items() if not torch.equal(v, start[k])
+    }
+    assert "head" in changed
+    assert ("trunk" in changed) == (trainable_blocks == -1)
