@@ -11,7 +11,7 @@ PIDS="$SLADE_HOME/pids"
 LOGS="$SLADE_HOME/logs"
 mkdir -p "$PIDS" "$LOGS" "$SLADE_HOME/mlflow/artifacts" "$PREFECT_HOME" "$SLADE_RUNS_DIR"
 
-healthy() { curl -fsS -o /dev/null --max-time 2 "$1"; }
+healthy() { curl -fs -o /dev/null --max-time 2 "$1"; }
 
 alive() {  # pid file exists and its process runs
     [[ -f "$PIDS/$1.pid" ]] && kill -0 "$(cat "$PIDS/$1.pid")" 2>/dev/null
