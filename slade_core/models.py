@@ -55,6 +55,7 @@ class EmbeddingNet(nn.Module):
             self.head = nn.Sequential(
                 nn.Linear(self.trunk_dim, self.trunk_dim), nn.GELU(), nn.Linear(self.trunk_dim, d)
             )
+        _init_head(self.head)
         self._frozen_modules: list[str] = []
         _apply_trainable_blocks(self, spec.trainable_blocks)
 
@@ -81,6 +82,22 @@ class EmbeddingNet(nn.Module):
         for name in self._frozen_modules:
             self.get_submodule(name).eval()
         return self
+
+
+def _init_head(head: nn.Module) -> None:
+    """Start every head weight as a (semi-)orthogonal matrix.
+
+    With d <= trunk_dim the linear head's rows are orthonormal, so a fresh head is a random
+    orthogonal projection of the trunk features (an isometry when d == trunk_dim): it keeps
+    their norms and cosine similarities (approximately, Johnson-Lindenstrauss, when d is
+    smaller) instead of PyTorch's default uniform weights, which distort them. Training then
+    starts from the pretrained trunk's retrieval geometry and refines it. Biases keep
+    PyTorch's default small uniform init. Only fresh heads are affected: a checkpoint's head
+    weights still load over it.
+    """
+    for layer in head.modules():
+        if isinstance(layer, nn.Linear):
+            nn.init.orthogonal_(layer.weight)
 
 
 def _apply_trainable_blocks(model: EmbeddingNet, n: int) -> None:
