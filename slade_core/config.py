@@ -77,9 +77,13 @@ class OptimConfig(StrictModel):
 
 
 class RuntimeConfig(StrictModel):
-    """Where and how to run: device, precision, loader workers, reproducibility."""
+    """Where and how to run: device, precision, loader workers, reproducibility.
+
+    processes > 1 trains under torchrun with DDP, one process per GPU (gloo on CPU).
+    """
 
     device: str = "auto"
+    processes: int = Field(1, ge=1)
     amp: bool = True
     channels_last: bool = True
     num_workers: int = Field(0, ge=0)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from slade_core.training.teacher import train_teacher
+from slade_core.training import launch_teacher, train_teacher
 from tasks.common import StageContext, stage_task
 
 
 @stage_task("train_teacher", ("model", "runtime", "teacher"))
 def train_teacher_task(ctx: StageContext, config, upstream) -> dict[str, float]:
     """Fit the teacher; per-epoch metrics go to MLflow and a Prefect progress bar."""
-    result = train_teacher(
+    train = train_teacher if config.runtime.processes == 1 else launch_teacher
+    result = train(
         ctx.input(upstream["data"], "index.parquet"),
         config.model,
         config.teacher,

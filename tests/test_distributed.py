@@ -16,7 +16,7 @@ from PIL import Image
 from slade_core.config import ModelConfig, OptimConfig, RuntimeConfig, TeacherConfig
 from slade_core.models import create_model, load_model, save_checkpoint
 from slade_core.samplers import MPerClassBatchSampler
-from slade_core.training import train_teacher
+from slade_core.training import launch_teacher, train_teacher
 from slade_core.training.__main__ import main
 from slade_core.training.distributed import Distributed
 from slade_core.training.loop import RESUME_FILE
@@ -153,3 +153,24 @@ def test_bad_config_fails_with_nonzero_exit(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["teacher", "--index", "x.parquet", "--config", str(config), "--out", str(tmp_path)])
     assert exit_.value.code == 2 and "unknown sections ['teachr']" in capsys.readouterr().err
+
+
+def test_launch_teacher_relays_epochs_and_returns_the_result(dataset, tmp_path):
+    """The stage-facing launcher: same result shape as train_teacher, epochs relayed."""
+    seen = []
+    runtime = _runtime(tmp_path / "c").model_copy(update={"processes": 2})
+    out = tmp_path / "launched"
+    result = launch_teacher(
+        dataset / "index.parquet", MODEL, TEACHER, runtime, out,
+        on_epoch=lambda epoch, total, metrics: seen.append((epoch, total, sorted(metrics))),
+    )  # fmt: skip
+    assert result.checkpoint_path == out / "teacher.pt" and result.checkpoint_path.is_file()
+    assert [(e, t) for e, t, _ in seen] == [(1, 2), (2, 2)]
+    assert "loss" in seen[0][2] and [h["epoch"] for h in result.history] == [1, 2]
+
+
+def test_launch_failure_carries_the_ranks_log(tmp_path):
+    runtime = RuntimeConfig(device="cpu", processes=2)
+    with pytest.raises(RuntimeError, match="failed with exit code") as failure:
+        launch_teacher(tmp_path / "missing.parquet", MODEL, TEACHER, runtime, tmp_path / "out")
+    assert "missing.parquet" in str(failure.value)

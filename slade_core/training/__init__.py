@@ -1,7 +1,12 @@
-"""Training stages: the teacher (labeled data) and the SLADE student (plus pseudo labels)."""
+"""Training stages: the teacher (labeled data) and the SLADE student (plus pseudo labels).
 
+`train_*` run in this process; `launch_*` run the same under torchrun in
+`runtime.processes` processes (DDP).
+"""
+
+from slade_core.training.launch import launch_student, launch_teacher
 from slade_core.training.loop import TrainResult
 from slade_core.training.student import train_student
 from slade_core.training.teacher import train_teacher
 
-__all__ = ["TrainResult", "train_student", "train_teacher"]
+__all__ = ["TrainResult", "launch_student", "launch_teacher", "train_student", "train_teacher"]
