@@ -35,13 +35,18 @@ def _errors(log: Path) -> str:
 def _launch(
     stage: str,
     arguments: list[str],
-    sections: dict,
+    model: ModelConfig,
+    stage_config: TeacherConfig | StudentConfig,
     runtime: RuntimeConfig,
     out_dir: Path,
     on_epoch: EpochCallback | None,
 ) -> TrainResult:
     out_dir.mkdir(parents=True, exist_ok=True)
-    config = write_json(out_dir / f"{stage}_launch.json", sections)
+    sections = {"model": model, "runtime": runtime, stage: stage_config}
+    config = write_json(
+        out_dir / f"{stage}_launch.json",
+        {name: section.model_dump(mode="json") for name, section in sections.items()},
+    )
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone",
         f"--nproc_per_node={runtime.processes}",
@@ -80,13 +85,8 @@ def launch_teacher(
     on_epoch: EpochCallback | None = None,
 ) -> TrainResult:
     """`train_teacher` in runtime.processes torchrun processes."""
-    sections = {
-        "model": model.model_dump(mode="json"),
-        "runtime": runtime.model_dump(mode="json"),
-        "teacher": teacher.model_dump(mode="json"),
-    }
     arguments = ["--index", str(index_path)]
-    return _launch("teacher", arguments, sections, runtime, Path(out_dir), on_epoch)
+    return _launch("teacher", arguments, model, teacher, runtime, Path(out_dir), on_epoch)
 
 
 def launch_student(
@@ -100,14 +100,9 @@ def launch_student(
     on_epoch: EpochCallback | None = None,
 ) -> TrainResult:
     """`train_student` in runtime.processes torchrun processes."""
-    sections = {
-        "model": model.model_dump(mode="json"),
-        "runtime": runtime.model_dump(mode="json"),
-        "student": student.model_dump(mode="json"),
-    }
     arguments = [
         "--index", str(index_path),
         "--pseudo-labels", str(pseudo_labels_path),
         "--teacher", str(teacher_checkpoint),
     ]  # fmt: skip
-    return _launch("student", arguments, sections, runtime, Path(out_dir), on_epoch)
+    return _launch("student", arguments, model, student, runtime, Path(out_dir), on_epoch)
