@@ -35,7 +35,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from slade_core.clustering import label_agreement, make_pseudo_labels
 from slade_core.config import (
@@ -46,16 +45,16 @@ from slade_core.config import (
 )
 from slade_core.data.manifest import SubsetRules
 from slade_core.data.prepare import prepare_data
-from slade_core.embeddings import extract_embeddings, read_embeddings
+from slade_core.embeddings import extract_embeddings, extract_trunk_features, read_embeddings
 from slade_core.experiment import load_experiment
-from slade_core.features import cached_trunk_features, trunk_feature_file
+from slade_core.features import cached_prefix_features, prefix_feature_file
 from slade_core.images import IndexDataset, build_transform
 from slade_core.io import write_json
 from slade_core.metrics import retrieval_metrics
 from slade_core.models import create_model, resolve_device, save_checkpoint
 from slade_core.training import train_student, train_teacher
 from slade_core.training.data import read_split
-from slade_core.training.loop import build_optimizer, seed_everything
+from slade_core.training.loop import build_optimizer, build_scheduler, seed_everything
 
 REPO = Path(__file__).resolve().parents[1]
 PRESET = "birds_offline"
@@ -97,6 +96,26 @@ STUDENTS = (  # (row name, use_basis, use_mining): the poster's ablation 2, in i
 TRUNK_ROW = "pretrained trunk (no training)"
 PML_ROW = "PML baseline"
 TEACHER_ROW = "teacher"
+CONTROL_ROW = "control: teacher, continued"  # the student's steps on labeled data only
+ORACLE_ROW = "diagnostic: student, oracle labels"  # hidden species as pseudo labels
+ROUND2_ROW = "student, rounds = 2"  # the full student as teacher of a second round
+ROW_DIRS = {
+    CONTROL_ROW: "control",
+    **dict(zip((name for name, _, _ in STUDENTS), ("student_pl", "student_basis", "student_full"))),
+    ORACLE_ROW: "oracle",
+    ROUND2_ROW: "round2",
+}
+ROW_GROUPS = ("trunk", "pml", "teacher", "controls", "students", "oracle", "rounds")
+STUDENT_ROW_GROUPS = {"controls", "students", "oracle", "rounds"}
+ROW_ORDER = [
+    TRUNK_ROW,
+    PML_ROW,
+    TEACHER_ROW,
+    CONTROL_ROW,
+    *(name for name, _, _ in STUDENTS),
+    ROUND2_ROW,
+    ORACLE_ROW,
+]
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -128,7 +147,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="extra dotted config override, e.g. student.lambda1=0.5 (value parsed as JSON)",
     )
-    p.add_argument("--rows", help="comma-separated subset of: trunk,pml,teacher,students")
+    p.add_argument("--rows", help=f"comma-separated subset of: {','.join(ROW_GROUPS)}")
     return p.parse_args(argv)
 
 
@@ -226,16 +245,21 @@ def holdout_index(index_path: Path, out_path: Path, n_classes: int) -> Path:
     return out_path
 
 
-def warm_trunk_cache(spec: ModelConfig, index_path: Path, runtime: RuntimeConfig, views: int):
-    """Compute every cached trunk feature file the rows will read (eval view of the test and
-    unlabeled rows, `views` train views of the train and unlabeled rows); return seconds."""
+def warm_prefix_cache(spec: ModelConfig, index_path: Path, runtime: RuntimeConfig, views: int):
+    """Compute every cached prefix file the rows will read (eval view of the test and
+    unlabeled rows, `views` train views of the train and unlabeled rows); return seconds.
+    With the whole trunk trained (-1) there is no prefix: the trunk row's pooled features
+    of the test rows are cached instead."""
     start = time.perf_counter()
-    model = create_model(spec.model_copy(update={"trainable_blocks": 0}))
-    jobs = [(None, "test"), (None, "unlabeled")]
-    if not spec.trainable_blocks:
+    if spec.trainable_blocks == -1:
+        spec = spec.model_copy(update={"trainable_blocks": 0})
+        jobs = [(None, "test")]
+    else:
+        jobs = [(None, "test"), (None, "unlabeled")]
         jobs += [(v, s) for v in range(views) for s in ("train", "unlabeled")]
+    model = create_model(spec)
     for view, split in jobs:
-        trunk_feature_file(model, read_split(index_path, split), view, runtime)
+        prefix_feature_file(model, read_split(index_path, split), view, runtime)
     return time.perf_counter() - start
 
 
@@ -257,10 +281,12 @@ def evaluate_checkpoint(
 
 def trunk_scores(spec: ModelConfig, index_path: Path, runtime: RuntimeConfig) -> dict[str, float]:
     """The pretrained trunk's own pooled features, L2-normalised (no head, no training)."""
-    model = create_model(spec.model_copy(update={"trainable_blocks": 0}))
-    test = read_split(index_path, "test")
-    features = cached_trunk_features(model, test, None, runtime)
-    return scores(F.normalize(features, dim=1), test["label"].to_numpy())
+    if spec.trainable_blocks == -1:
+        spec = spec.model_copy(update={"trainable_blocks": 0})
+    out = index_path.parent / f"trunk-{spec.trainable_blocks}-test.parquet"
+    extract_trunk_features(spec, index_path, out, ["test"], runtime)
+    table = read_embeddings(out)
+    return scores(table.embeddings, table.labels)
 
 
 def train_pml_baseline(
@@ -295,31 +321,34 @@ def train_pml_baseline(
             pos_margin=spec_loss.pos_margin, neg_margin=spec_loss.neg_margin
         )
     optimizer = build_optimizer(net, teacher.optim)
-    if not net.trainable_trunk():
+    steps = teacher.optim.epochs * iterations
+    scheduler = build_scheduler(optimizer, teacher.optim.schedule, steps)
+    if net.cached_prefix():
         positions = torch.arange(len(frame))
     else:
         mean, std = net.normalization()
         dataset = IndexDataset(frame, build_transform(spec.image_size, True, mean, std))
     for epoch in range(1, teacher.optim.epochs + 1):
         net.train()
-        if net.trainable_trunk():
+        if not net.cached_prefix():
             loader = torch.utils.data.DataLoader(
                 dataset, bs, sampler=sampler, num_workers=runtime.num_workers, drop_last=True
             )
             batches = ((x, labels[rows]) for x, rows in loader)
             embed = net
         else:
-            features = cached_trunk_features(
+            features = cached_prefix_features(
                 net, frame, (epoch - 1) % runtime.cached_views, runtime
             )
             loader = torch.utils.data.DataLoader(positions, bs, sampler=sampler, drop_last=True)
-            batches = ((features[rows], labels[rows]) for rows in loader)
+            batches = ((features[rows].float(), labels[rows]) for rows in loader)
             embed = net.embed_features
         for inputs, batch_labels in batches:
             loss = loss_fn(embed(inputs.to(device)), batch_labels.to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            scheduler.step()
     return save_checkpoint(net, out, {"stage": "pml-baseline", "epochs": teacher.optim.epochs})
 
 
@@ -328,6 +357,17 @@ def pseudo_label_quality(index_path: Path, pseudo_path: Path) -> dict[str, float
     index = pd.read_parquet(index_path, columns=["image_id", "class_name"])
     pseudo = pd.read_parquet(pseudo_path).merge(index, on="image_id")
     return label_agreement(pseudo["cluster"].to_numpy(), pseudo["class_name"].to_numpy())
+
+
+def oracle_pseudo_labels(index_path: Path, out: Path) -> Path:
+    """The unlabeled rows' hidden species as "pseudo labels": the ceiling of pseudo-labelling
+    (a diagnostic the method never sees, never a default)."""
+    unlabeled = read_split(index_path, "unlabeled")
+    clusters = pd.factorize(unlabeled["class_name"], sort=True)[0]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame({"image_id": unlabeled["image_id"], "cluster": clusters, "distance": 0.0})
+    frame.astype({"cluster": "int64", "distance": "float32"}).to_parquet(out, index=False)
+    return out
 
 
 def run_seed(
@@ -339,27 +379,61 @@ def run_seed(
     shutil.rmtree(out, ignore_errors=True)
     metrics: dict[str, dict[str, float]] = {}
     seconds: dict[str, float] = {}
+    pl_seconds = 0.0
 
     def timed(name: str, fn) -> Any:
         start = time.perf_counter()
         result = fn()
         seconds[name] = time.perf_counter() - start
-        return result
+        report(seed, name, result[1], seconds[name])
+        metrics[name] = result[1]
+        return result[0]
+
+    def pseudo_labels(checkpoint: Path, name: str) -> Path:
+        nonlocal pl_seconds
+        start = time.perf_counter()
+        unlabeled = extract_embeddings(
+            checkpoint, index_path, out / name / "unlabeled.parquet", ["unlabeled"], runtime
+        )
+        cluster = config.cluster.model_copy(update={"seed": seed})
+        pseudo = make_pseudo_labels(unlabeled.path, out / name / "pseudo_labels.parquet", cluster)
+        took = time.perf_counter() - start
+        pl_seconds += took
+        quality = pseudo_label_quality(index_path, pseudo.path)
+        print(
+            f"  seed {seed} pseudo labels from {name}: k={pseudo.stats['k']} sizes "
+            f"{pseudo.stats['min_cluster_size']}-{pseudo.stats['max_cluster_size']} "
+            f"(empty {pseudo.stats['n_empty']}), purity vs hidden species "
+            f"{quality['purity']:.3f}, NMI {quality['nmi']:.3f} ({took:.1f}s)",
+            flush=True,
+        )
+        return pseudo.path
+
+    def student(name: str, labels: Path, init: Path, **update: Any):
+        cfg = config.student.model_copy(update=update)
+        result = train_student(
+            index_path, labels, init, config.model, cfg, runtime, out / ROW_DIRS[name]
+        )
+        return result.checkpoint_path, evaluate_checkpoint(
+            result.checkpoint_path, index_path, runtime
+        )
 
     if "pml" in rows:
-        metrics[PML_ROW] = timed(
+        timed(
             PML_ROW,
-            lambda: evaluate_checkpoint(
-                train_pml_baseline(
-                    index_path, config.model, config.teacher, runtime, out / "pml" / "pml.pt"
+            lambda: (
+                None,
+                evaluate_checkpoint(
+                    train_pml_baseline(
+                        index_path, config.model, config.teacher, runtime, out / "pml" / "pml.pt"
+                    ),
+                    index_path,
+                    runtime,
                 ),
-                index_path,
-                runtime,
             ),
         )
-        report(seed, PML_ROW, metrics[PML_ROW], seconds[PML_ROW])
-    if not rows & {"teacher", "students"}:
-        return metrics, seconds, 0.0
+    if not rows & STUDENT_ROW_GROUPS and "teacher" not in rows:
+        return metrics, seconds, pl_seconds
 
     def teacher_row():
         result = train_teacher(index_path, config.model, config.teacher, runtime, out / "teacher")
@@ -367,46 +441,33 @@ def run_seed(
             result.checkpoint_path, index_path, runtime
         )
 
-    teacher_ckpt, metrics[TEACHER_ROW] = timed(TEACHER_ROW, teacher_row)
-    report(seed, TEACHER_ROW, metrics[TEACHER_ROW], seconds[TEACHER_ROW])
-    if "students" not in rows:
-        return metrics, seconds, 0.0
-
-    start = time.perf_counter()
-    unlabeled = extract_embeddings(
-        teacher_ckpt, index_path, out / "teacher" / "unlabeled.parquet", ["unlabeled"], runtime
-    )
-    cluster = config.cluster.model_copy(update={"seed": seed})
-    pseudo = make_pseudo_labels(unlabeled.path, out / "pseudo_labels.parquet", cluster)
-    pl_seconds = time.perf_counter() - start
-    quality = pseudo_label_quality(index_path, pseudo.path)
-    print(
-        f"  seed {seed} pseudo labels: k={pseudo.stats['k']} sizes "
-        f"{pseudo.stats['min_cluster_size']}-{pseudo.stats['max_cluster_size']} "
-        f"(empty {pseudo.stats['n_empty']}), purity vs hidden species {quality['purity']:.3f}, "
-        f"NMI {quality['nmi']:.3f} ({pl_seconds:.1f}s)",
-        flush=True,
-    )
-    for name, use_basis, use_mining in STUDENTS:
-        student = config.student.model_copy(
-            update={"use_basis": use_basis, "use_mining": use_mining}
+    teacher = timed(TEACHER_ROW, teacher_row)
+    if not rows & STUDENT_ROW_GROUPS:
+        return metrics, seconds, pl_seconds
+    labels = pseudo_labels(teacher, "teacher")
+    if "controls" in rows:  # labeled data only, the student's exact labeled batches
+        timed(
+            CONTROL_ROW,
+            lambda: student(
+                CONTROL_ROW, labels, teacher, lambda1=0.0, use_basis=False, use_mining=False
+            ),
         )
-        student_dir = out / name.split(": ")[1].replace(" ", "").replace("+", "_")
-
-        def student_row(student=student, student_dir=student_dir):
-            result = train_student(
-                index_path,
-                pseudo.path,
-                teacher_ckpt,
-                config.model,
-                student,
-                runtime,
-                student_dir,
+    full = None
+    if "students" in rows:
+        for name, use_basis, use_mining in STUDENTS:
+            checkpoint = timed(
+                name,
+                lambda name=name, b=use_basis, m=use_mining: student(
+                    name, labels, teacher, use_basis=b, use_mining=m
+                ),
             )
-            return evaluate_checkpoint(result.checkpoint_path, index_path, runtime)
-
-        metrics[name] = timed(name, student_row)
-        report(seed, name, metrics[name], seconds[name])
+        full = checkpoint
+    if "oracle" in rows:
+        oracle = oracle_pseudo_labels(index_path, out / "oracle" / "pseudo_labels.parquet")
+        timed(ORACLE_ROW, lambda: student(ORACLE_ROW, oracle, teacher))
+    if "rounds" in rows and full is not None:
+        round2 = pseudo_labels(full, ROW_DIRS[STUDENTS[-1][0]])
+        timed(ROUND2_ROW, lambda: student(ROUND2_ROW, round2, full))
     return metrics, seconds, pl_seconds
 
 
@@ -438,24 +499,37 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def verdicts(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The issue's targets, checked on MAP@R: full student vs teacher and vs the baseline
-    (difference of means against two standard deviations of each row), and the ablation order."""
+    """The targets, checked on MAP@R: full student > teacher-continued > teacher (difference
+    of means against two standard deviations of the pair), full student - teacher >= +1.5,
+    every trained row above the pretrained trunk, and the ablation in the poster's order."""
     by_name = {row["name"]: row for row in rows}
-    full = by_name.get(STUDENTS[-1][0])
-    if full is None:
-        return []
     lines = []
-    for other in (TEACHER_ROW, PML_ROW):
-        if other not in by_name:
-            continue
-        gap = full["map_at_r"] - by_name[other]["map_at_r"]
-        bar = 2 * max(full["map_at_r_std"], by_name[other]["map_at_r_std"])
-        verdict = "yes" if gap > bar else "no"
-        if min(full["runs"], by_name[other]["runs"]) < 2:
+
+    def gap(better: str, worse: str) -> None:
+        if better not in by_name or worse not in by_name:
+            return
+        a, b = by_name[better], by_name[worse]
+        diff = a["map_at_r"] - b["map_at_r"]
+        bar = 2 * max(a["map_at_r_std"], b["map_at_r_std"])
+        verdict = "yes" if diff > bar else "no"
+        if min(a["runs"], b["runs"]) < 2:
             verdict = "n/a (one seed: no std)"
         lines.append(
-            f"full student - {other}: {100 * gap:+.2f} MAP@R; > 2 std ({100 * bar:.2f})? {verdict}"
+            f"{better} - {worse}: {100 * diff:+.2f} MAP@R; > 2 std ({100 * bar:.2f})? {verdict}"
         )
+
+    full = STUDENTS[-1][0]
+    gap(full, CONTROL_ROW)
+    gap(CONTROL_ROW, TEACHER_ROW)
+    gap(full, TEACHER_ROW)
+    gap(full, PML_ROW)
+    if full in by_name and TEACHER_ROW in by_name:
+        diff = 100 * (by_name[full]["map_at_r"] - by_name[TEACHER_ROW]["map_at_r"])
+        lines.append(f"full student - teacher >= +1.50 MAP@R? {diff >= 1.5} ({diff:+.2f})")
+    if TRUNK_ROW in by_name:
+        trunk = by_name[TRUNK_ROW]["map_at_r"]
+        below = [r["name"] for r in rows if r["name"] != TRUNK_ROW and r["map_at_r"] <= trunk]
+        lines.append(f"every trained row above the pretrained trunk? {not below} {below or ''}")
     order = [TEACHER_ROW] + [name for name, _, _ in STUDENTS]
     values = [by_name[name]["map_at_r"] for name in order if name in by_name]
     ordered = all(a < b for a, b in zip(values, values[1:], strict=False))
@@ -476,10 +550,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     data_root = check_data_root(args.data_root)
     os.environ["SLADE_DATA_ROOT"] = str(data_root)  # read by the cub100/birds525 manifests
     config = build_config(args)
-    rows = set((args.rows or "trunk,pml,teacher,students").split(","))
-    unknown = rows - {"trunk", "pml", "teacher", "students"}
+    rows = set((args.rows or ",".join(ROW_GROUPS)).split(","))
+    unknown = rows - set(ROW_GROUPS)
     if unknown:
-        raise SystemExit(f"--rows: unknown {sorted(unknown)}; use trunk,pml,teacher,students")
+        raise SystemExit(f"--rows: unknown {sorted(unknown)}; use {','.join(ROW_GROUPS)}")
     seeds = 1 if args.quick else args.seeds
     work = args.work_dir / ("quick" if args.quick else "full")
     device = resolve_device(config.runtime.device)
@@ -501,7 +575,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     views = min(
         config.runtime.cached_views, max(config.teacher.optim.epochs, config.student.optim.epochs)
     )
-    cache_seconds = warm_trunk_cache(config.model, index_path, config.runtime, views)
+    cache_seconds = warm_prefix_cache(config.model, index_path, config.runtime, views)
     print(f"trunk feature cache ready ({cache_seconds:.1f}s, {views} train views)", flush=True)
 
     per_seed: dict[str, list[dict[str, float]]] = {}
@@ -519,8 +593,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             per_seed.setdefault(name, []).append(values)
             seconds[name] = seconds.get(name, 0.0) + took[name]
 
-    order = [TRUNK_ROW, PML_ROW, TEACHER_ROW] + [name for name, _, _ in STUDENTS]
-    table = [summarize(n, per_seed[n], seconds[n]) for n in order if n in per_seed]
+    table = [summarize(n, per_seed[n], seconds[n]) for n in ROW_ORDER if n in per_seed]
     total = time.perf_counter() - wall
     extra = {
         "protocol": "validation (held-out training classes)" if args.validation else "test",

@@ -32,7 +32,12 @@ class ModelConfig(StrictModel):
       - "checkpoint": a local file given in `checkpoint_path` (a timm state_dict or a
         slade checkpoint).
     trainable_blocks: 0 freezes the trunk (its features are cached per augmented view);
-      n > 0 trains the last n blocks; -1 trains everything.
+      n > 0 trains the last n blocks (the frozen prefix's feature maps are cached per
+      augmented view, so this runs on a CPU); -1 trains everything (images decoded each
+      step: meant for a GPU).
+    batchnorm: "frozen" keeps every trunk BatchNorm layer's loaded running statistics while
+      the trunk trains (affine weights train with their block); "train" re-estimates them
+      from each batch, which only suits large batches.
     """
 
     backbone: str = "tf_efficientnet_lite0"
@@ -42,6 +47,7 @@ class ModelConfig(StrictModel):
     trainable_blocks: int = Field(0, ge=-1)
     image_size: int = Field(224, ge=32)
     head: Literal["linear", "mlp"] = "linear"
+    batchnorm: Literal["frozen", "train"] = "frozen"
 
     @model_validator(mode="after")
     def _weights_consistent(self) -> ModelConfig:
@@ -67,13 +73,18 @@ class RankingLossConfig(StrictModel):
 
 
 class OptimConfig(StrictModel):
-    """Optimiser and schedule shared by teacher and student."""
+    """Optimiser and schedule shared by teacher and student.
+
+    schedule: "constant" learning rates, or "cosine" decay of every group's rate to 0 over
+    the stage's steps (per step).
+    """
 
     epochs: int = Field(10, ge=1)
     lr: float = Field(1e-3, gt=0)
     trunk_lr: float = Field(1e-5, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     iterations_per_epoch: int | None = Field(None, ge=1)
+    schedule: Literal["constant", "cosine"] = "constant"
 
 
 class RuntimeConfig(StrictModel):

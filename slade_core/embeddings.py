@@ -1,8 +1,9 @@
 """Embedding extraction to `embeddings.parquet`, and reading it back.
 
 Batches are streamed to a pyarrow ParquetWriter, so memory stays flat however large the
-index. With a frozen trunk the (cached, memory-mapped) eval-view trunk features are reused
-and only the head runs. Schema and metadata: .plan/CONTRACTS.md ("embeddings.parquet").
+index. With a frozen prefix (trainable_blocks >= 0) the cached, memory-mapped eval-view
+prefix outputs are reused and only the suffix and head run. Schema: README "File schemas"
+(`embeddings.parquet`).
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from slade_core.config import RuntimeConfig
-from slade_core.features import trunk_feature_file
+from slade_core.config import ModelConfig, RuntimeConfig
+from slade_core.features import prefix_feature_file
 from slade_core.images import IndexDataset, build_transform
-from slade_core.io import atomic_path, file_digest
-from slade_core.models import EmbeddingNet, load_model, resolve_device
+from slade_core.io import atomic_path, file_digest, stable_hash
+from slade_core.models import EmbeddingNet, create_model, load_model, resolve_device
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,35 @@ def extract_embeddings(
     runtime: RuntimeConfig,
 ) -> EmbeddingsInfo:
     """Embed the index rows whose split is in `splits` (index order) into a parquet file."""
+    model, _ = load_model(checkpoint_path)
+    return _write_embeddings(
+        model, index_path, out_path, splits, runtime, file_digest(checkpoint_path)[:16]
+    )
+
+
+def extract_trunk_features(
+    spec: ModelConfig,
+    index_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    splits: Sequence[str],
+    runtime: RuntimeConfig,
+) -> EmbeddingsInfo:
+    """The untrained trunk's own pooled features (L2-normalised, no head) in the embeddings
+    schema: the "what did training add" baseline. Reuses the prefix cache of `spec`."""
+    model = create_model(spec)
+    digest = "pretrained-trunk-" + stable_hash(spec.model_dump(mode="json"), length=8)
+    return _write_embeddings(model, index_path, out_path, splits, runtime, digest, head=False)
+
+
+def _write_embeddings(
+    model: EmbeddingNet,
+    index_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    splits: Sequence[str],
+    runtime: RuntimeConfig,
+    model_digest: str,
+    head: bool = True,
+) -> EmbeddingsInfo:
     splits = [splits] if isinstance(splits, str) else list(splits)
     index = pd.read_parquet(index_path)
     frame = index[index["split"].isin(splits)].reset_index(drop=True)
@@ -77,13 +108,12 @@ def extract_embeddings(
             f"no rows of {index_path} have split in {splits}; "
             f"available splits: {sorted(index['split'].unique())}"
         )
-    model, _ = load_model(checkpoint_path)
     device = resolve_device(runtime.device)
     model.to(device).eval()
-    dim = model.spec.embedding_dim
-    schema = embeddings_schema(dim, file_digest(checkpoint_path)[:16])
+    dim = model.spec.embedding_dim if head else model.trunk_dim
+    schema = embeddings_schema(dim, model_digest)
     with atomic_path(out_path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
-        for rows, emb in _embedding_batches(model, frame, runtime, device):
+        for rows, emb in _embedding_batches(model, frame, runtime, device, head):
             part = frame.iloc[rows]
             values = pa.array(emb.reshape(-1), type=pa.float32())
             writer.write_table(
@@ -101,18 +131,28 @@ def extract_embeddings(
 
 
 def _embedding_batches(
-    model: EmbeddingNet, frame: pd.DataFrame, runtime: RuntimeConfig, device: torch.device
+    model: EmbeddingNet,
+    frame: pd.DataFrame,
+    runtime: RuntimeConfig,
+    device: torch.device,
+    head: bool,
 ) -> Iterator[tuple[slice, np.ndarray]]:
-    """(row slice, float32 embeddings) per batch, in frame order."""
+    """(row slice, float32 embeddings) per batch, in frame order; `head=False` gives the
+    L2-normalised pooled trunk features instead."""
     bs = runtime.batch_size
-    if not model.trainable_trunk():
-        features = np.load(trunk_feature_file(model, frame, None, runtime), mmap_mode="r")
+
+    def embed(prefix_output: torch.Tensor) -> np.ndarray:
+        if head:
+            return _numpy(model.embed_features(prefix_output))
+        return _numpy(F.normalize(model.suffix(prefix_output).float(), dim=-1))
+
+    if model.cached_prefix():
+        features = np.load(prefix_feature_file(model, frame, None, runtime), mmap_mode="r")
         with torch.inference_mode():
             for start in range(0, len(frame), bs):
-                x = torch.from_numpy(
-                    np.array(features[start : start + bs])
-                )  # copy: memmap is read-only
-                yield slice(start, start + len(x)), _numpy(model.embed_features(x.to(device)))
+                # copy (the memmap is read-only) and widen float16 maps to float32
+                x = torch.from_numpy(np.array(features[start : start + bs], dtype=np.float32))
+                yield slice(start, start + len(x)), embed(x.to(device))
         return
     cuda = device.type == "cuda"
     mean, std = model.normalization()
@@ -127,7 +167,7 @@ def _embedding_batches(
         for images, rows in loader:
             images = images.to(device, non_blocking=True, memory_format=memory_format)
             start = int(rows[0])
-            yield slice(start, start + len(rows)), _numpy(model(images))
+            yield slice(start, start + len(rows)), embed(images)
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:

@@ -3,7 +3,9 @@
 Protocol follows the index: split "test" is retrieved against itself (self excluded, the
 CUB/Cars protocol); otherwise split "query" against split "gallery" (In-shop). Every model is
 scored on the same rows, and the report shows the same seeded example queries for each model
-so their neighbours can be compared side by side.
+so their neighbours can be compared side by side. Given the model spec, the untrained
+trunk's own pooled features are scored first as `pretrained_trunk`, so a reader sees what
+training added.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +22,19 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageOps
 
-from slade_core.config import EvalConfig, RuntimeConfig
-from slade_core.embeddings import EmbeddingTable, extract_embeddings, read_embeddings
+from slade_core.config import EvalConfig, ModelConfig, RuntimeConfig
+from slade_core.embeddings import (
+    EmbeddingTable,
+    extract_embeddings,
+    extract_trunk_features,
+    read_embeddings,
+)
 from slade_core.images import UnreadableImageError, load_rgb
 from slade_core.io import atomic_path, write_json
 from slade_core.metrics import nearest_neighbors, retrieval_metrics
 
 EXAMPLE_NEIGHBOURS = 5
+TRUNK_ROW = "pretrained_trunk"
 METRIC_HEADERS = {"map_at_r": "MAP@R", "r_precision": "RP", "precision_at_1": "P@1"}
 
 
@@ -51,13 +60,18 @@ def evaluate(
     out_dir: str | Path,
     cfg: EvalConfig,
     runtime: RuntimeConfig,
+    trunk: ModelConfig | None = None,
 ) -> EvalResult:
-    """Embed the evaluation split(s) with every model, score them and write the report."""
+    """Embed the evaluation split(s) with every model, score them and write the report;
+    with `trunk` (the pipeline's model spec) the pretrained trunk is scored first."""
     if not checkpoints:
         raise ValueError("evaluate needs at least one checkpoint (name -> path)")
     for name in checkpoints:
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-            raise ValueError(f"model name {name!r} must be letters, digits, '_', '.' or '-'")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name == TRUNK_ROW:
+            raise ValueError(
+                f"model name {name!r} must be letters, digits, '_', '.' or '-' (and not "
+                f"{TRUNK_ROW!r}, the baseline row)"
+            )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     index = pd.read_parquet(
@@ -69,10 +83,13 @@ def evaluate(
     models: dict[str, dict[str, float | None]] = {}
     examples: list[RetrievalExample] = []
     chosen: list[str] | None = None
-    for name, checkpoint in checkpoints.items():
-        info = extract_embeddings(
-            checkpoint, index_path, out_dir / f"embeddings_{name}.parquet", splits, runtime
-        )
+    extractors = {
+        name: partial(extract_embeddings, checkpoint) for name, checkpoint in checkpoints.items()
+    }
+    if trunk is not None:
+        extractors = {TRUNK_ROW: partial(extract_trunk_features, trunk), **extractors}
+    for name, extract in extractors.items():
+        info = extract(index_path, out_dir / f"embeddings_{name}.parquet", splits, runtime)
         table = read_embeddings(info.path)
         query, reference = split_roles(table, protocol)
         scores = retrieval_metrics(

@@ -1,18 +1,22 @@
-"""Trunk feature cache: the reason a frozen-trunk run is fast on a CPU.
+"""Prefix feature cache: the reason frozen- and partial-trunk runs are fast on a CPU.
 
-With a frozen trunk, the only expensive part of a forward pass (the CNN) is a pure function
-of (trunk weights, image, transform). Each "view" is therefore computed once and stored:
-`view=None` is the eval transform, `view=i` the i-th train augmentation. Training then samples
-among `runtime.cached_views` views per image and runs only the head.
+The frozen prefix of the network (`EmbeddingNet.prefix`: the whole trunk when it is frozen,
+the stages before the first trainable one otherwise) is the expensive part of a forward
+pass and a pure function of (prefix weights, image, transform). Each "view" is therefore
+computed once and stored: `view=None` is the eval transform, `view=i` the i-th train
+augmentation. Training then cycles through `runtime.cached_views` views per image and runs
+only the suffix and head. Pooled features (frozen trunk) are stored as float32, feature maps
+(partial trunk, e.g. Lite0's 4x4x192 stage-5 maps at 128 px) as float16; both memory-mapped.
 
 Augmentation of view i for an image is seeded by (i, image_id) alone: it does not depend on
 batch order, worker count, `runtime.seed` or which other images are in the frame, so every
 seed, the teacher, the student and the benchmarks share one cache. Different runtime seeds
 still differ in head initialisation, sampling order and which cached view each step uses.
 
-Cache key: backbone, a digest of the trunk's actual weights (so a checkpoint, the lite0
-package and timm weights can never be confused, and a trunk that was trained gets a new key),
-image size, normalisation, transform recipe, view and the ordered image ids.
+Cache key: backbone, which modules form the prefix, a digest of the prefix's actual weights
+(so a checkpoint, the lite0 package and timm weights can never be confused, a trained prefix
+gets a new key, and teacher and student share the maps of their common frozen prefix), image
+size, normalisation, transform recipe, view and the ordered image ids.
 """
 
 from __future__ import annotations
@@ -42,14 +46,32 @@ def view_seeds(image_ids: list[str], view: int) -> list[int]:
     return [int(stable_hash(["slade-view", view, i], length=15), 16) for i in image_ids]
 
 
-def trunk_fingerprint(model: EmbeddingNet) -> str:
-    """sha256 of the trunk's state_dict content (names, dtypes, shapes, bytes)."""
+def prefix_fingerprint(model: EmbeddingNet) -> str:
+    """sha256 of the prefix modules' state_dict content (names, dtypes, shapes, bytes)."""
     h = hashlib.sha256()
-    for name, tensor in sorted(model.trunk.state_dict().items()):
-        t = tensor.detach().cpu().contiguous().reshape(-1)
-        h.update(f"{name}|{t.dtype}|{tuple(tensor.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes())
+    for module_name in model.prefix_modules():
+        state = model.get_submodule(module_name).state_dict()
+        for name, tensor in sorted(state.items()):
+            t = tensor.detach().cpu().contiguous().reshape(-1)
+            h.update(f"{module_name}.{name}|{t.dtype}|{tuple(tensor.shape)}|".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def prefix_output_shape(model: EmbeddingNet) -> tuple[int, ...]:
+    """Shape of one image's prefix output at the model's image size."""
+    if model.spec.trainable_blocks == 0:
+        return (model.trunk_dim,)
+    size = model.spec.image_size
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            out = model.prefix(torch.zeros(1, 3, size, size, device=device))
+    finally:
+        model.train(was_training)
+    return tuple(out.shape[1:])
 
 
 def cache_dir(runtime: RuntimeConfig) -> Path:
@@ -59,20 +81,29 @@ def cache_dir(runtime: RuntimeConfig) -> Path:
     return Path(tempfile.gettempdir()) / "slade-feature-cache"
 
 
-def trunk_feature_file(
+def prefix_feature_file(
     model: EmbeddingNet, frame: pd.DataFrame, view: int | None, runtime: RuntimeConfig
 ) -> Path:
-    """Path of the cached [N, trunk_dim] float32 .npy for this view, computing it if absent."""
+    """Path of the cached [N, *prefix_output_shape] .npy for this view, computing it if
+    absent (float32 pooled features of a frozen trunk, float16 maps of a partial one)."""
+    if not model.cached_prefix():
+        raise ValueError(
+            "model.trainable_blocks=-1 trains the whole trunk: there is no frozen prefix to "
+            "cache; use trainable_blocks >= 0"
+        )
     if "image_id" not in frame.columns or len(frame) == 0:
         raise ValueError("trunk features need a non-empty index frame with an 'image_id' column")
     if view is not None and view < 0:
         raise ValueError(f"view must be None (eval transform) or >= 0, got {view}")
     image_ids = frame["image_id"].astype(str).tolist()
     mean, std = model.normalization()
+    shape = prefix_output_shape(model)
+    dtype = np.float32 if len(shape) == 1 else np.float16
     key = stable_hash(
         {
             "backbone": model.spec.backbone,
-            "trunk": trunk_fingerprint(model),
+            "prefix": model.prefix_modules(),
+            "weights": prefix_fingerprint(model),
             "image_size": model.spec.image_size,
             "normalization": [mean, std],
             "recipe": _RECIPE,
@@ -86,19 +117,20 @@ def trunk_feature_file(
     if path.is_file():
         try:
             cached = np.load(path, mmap_mode="r")
-            if cached.shape == (len(frame), model.trunk_dim) and cached.dtype == np.float32:
+            if cached.shape == (len(frame), *shape) and cached.dtype == dtype:
                 return path
         except (OSError, ValueError):
             pass  # unreadable leftover: recompute below
-    _compute(model, frame, view, runtime, path)
+    _compute(model, frame, view, runtime, path, shape, dtype)
     return path
 
 
-def cached_trunk_features(
+def cached_prefix_features(
     model: EmbeddingNet, frame: pd.DataFrame, view: int | None, runtime: RuntimeConfig
 ) -> torch.Tensor:
-    """Trunk features [N, trunk_dim] (float32, CPU) of `frame`'s rows, in row order."""
-    return torch.from_numpy(np.load(trunk_feature_file(model, frame, view, runtime)))
+    """Prefix outputs [N, ...] (CPU; float32 or float16, see the module doc) of `frame`'s
+    rows, in row order."""
+    return torch.from_numpy(np.load(prefix_feature_file(model, frame, view, runtime)))
 
 
 def _compute(
@@ -107,6 +139,8 @@ def _compute(
     view: int | None,
     runtime: RuntimeConfig,
     path: Path,
+    shape: tuple[int, ...],
+    dtype: type,
 ) -> None:
     device = resolve_device(runtime.device)
     cuda = device.type == "cuda"
@@ -128,17 +162,15 @@ def _compute(
     label = "eval" if view is None else f"view {view}"
     try:
         with atomic_path(path) as tmp:
-            out = np.lib.format.open_memmap(
-                tmp, mode="w+", dtype=np.float32, shape=(len(frame), model.trunk_dim)
-            )
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(len(frame), *shape))
             with (
                 torch.inference_mode(),
                 torch.autocast(device.type, enabled=cuda and runtime.amp),
-                tqdm(total=len(frame), desc=f"trunk features ({label})", unit="img") as bar,
+                tqdm(total=len(frame), desc=f"prefix features ({label})", unit="img") as bar,
             ):
                 for images, rows in loader:
                     images = images.to(device, non_blocking=True, memory_format=memory_format)
-                    out[rows.numpy()] = model.trunk(images).float().cpu().numpy()
+                    out[rows.numpy()] = model.prefix(images).float().cpu().numpy()
                     bar.update(len(rows))
             out.flush()
             del out

@@ -2,9 +2,20 @@
 
 Everything downstream (losses, k-means, metrics) assumes unit-length embeddings, so the
 normalisation lives in the model rather than in each caller. The trunk can be frozen
-entirely (its features are then cached per augmented view, see `slade_core.features`),
-partly (the last n timm parameter groups, e.g. EfficientNet stages or ResNet layers), or
-not at all.
+entirely, partly (the last n timm parameter groups, e.g. EfficientNet stages or ResNet
+layers), or not at all.
+
+The network is a chain `prefix -> suffix -> head`: the prefix is everything that does not
+train (the whole trunk with its pooling when frozen, the stages before the first trainable
+one otherwise, nothing when the whole trunk trains). A frozen prefix is a pure function of
+the image, so its output is computed once per augmented view and cached
+(`slade_core.features`); training then runs only the suffix and head. That is what makes
+partial-trunk training fit on a CPU.
+
+BatchNorm: with `batchnorm="frozen"` (the default) every trunk BatchNorm layer keeps its
+loaded running statistics while the trunk trains (eval mode; its affine weights still train
+where their block does). Re-estimating them from small m-per-class batches of aggressive
+crops collapses the embedding at eval time (../shared/reference/FINDINGS.md section 2).
 """
 
 from __future__ import annotations
@@ -58,16 +69,53 @@ class EmbeddingNet(nn.Module):
         _init_head(self.head)
         self._frozen_modules: list[str] = []
         _apply_trainable_blocks(self, spec.trainable_blocks)
+        self._prefix_names: list[str] = []
+        self._suffix_names: list[str] = []
+        if spec.trainable_blocks > 0:
+            self._prefix_names, self._suffix_names = _split_chain(self)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.embed_features(self.trunk(images))
+        return self.embed_features(self.prefix(images))
 
-    def embed_features(self, trunk_features: torch.Tensor) -> torch.Tensor:
-        """Head only: embeddings from (possibly cached) trunk features."""
-        return F.normalize(self.head(trunk_features).float(), dim=-1)
+    def prefix(self, images: torch.Tensor) -> torch.Tensor:
+        """The frozen part: pooled trunk features (frozen trunk), the feature maps before
+        the first trainable stage (partial trunk), or the images themselves (whole trunk)."""
+        if self.spec.trainable_blocks == 0:
+            return self.trunk(images)
+        if self.spec.trainable_blocks == -1:
+            return images
+        return self._run(self._prefix_names, images)
+
+    def embed_features(self, prefix_output: torch.Tensor) -> torch.Tensor:
+        """Suffix and head: embeddings from (possibly cached) prefix outputs."""
+        return F.normalize(self.head(self.suffix(prefix_output)).float(), dim=-1)
+
+    def suffix(self, prefix_output: torch.Tensor) -> torch.Tensor:
+        """The trainable trunk part, ending in pooled [B, trunk_dim] features."""
+        if self.spec.trainable_blocks == 0:
+            return prefix_output
+        if self.spec.trainable_blocks == -1:
+            return self.trunk(prefix_output)
+        maps = self._run(self._suffix_names, prefix_output)
+        return self.trunk.forward_head(maps, pre_logits=True)
+
+    def _run(self, names: list[str], x: torch.Tensor) -> torch.Tensor:
+        for name in names:
+            x = self.get_submodule(name)(x)
+        return x
 
     def trainable_trunk(self) -> bool:
         return self.spec.trainable_blocks != 0
+
+    def cached_prefix(self) -> bool:
+        """True when the prefix is frozen (trainable_blocks >= 0): its outputs can be cached."""
+        return self.spec.trainable_blocks != -1
+
+    def prefix_modules(self) -> list[str]:
+        """Names (relative to the net) of the modules that make the prefix."""
+        if self.spec.trainable_blocks == 0:
+            return ["trunk"]
+        return list(self._prefix_names)
 
     def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """(mean, std) the trunk's weights expect (timm's pretrained_cfg; lite0: 0.5/0.5)."""
@@ -77,10 +125,15 @@ class EmbeddingNet(nn.Module):
         return mean, std
 
     def train(self, mode: bool = True) -> EmbeddingNet:
-        """Frozen trunk parts stay in eval mode so BatchNorm statistics never drift."""
+        """Frozen trunk parts stay in eval mode so BatchNorm statistics never drift; with
+        batchnorm="frozen" so does every trunk BatchNorm layer (see the module doc)."""
         super().train(mode)
         for name in self._frozen_modules:
             self.get_submodule(name).eval()
+        if self.spec.batchnorm == "frozen":
+            for module in self.trunk.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         return self
 
 
@@ -138,6 +191,53 @@ def _fully_frozen_modules(module: nn.Module, prefix: str) -> list[str]:
     for child_name, child in module.named_children():
         names += _fully_frozen_modules(child, f"{prefix}.{child_name}")
     return names
+
+
+def _split_chain(model: EmbeddingNet) -> tuple[list[str], list[str]]:
+    """(prefix, suffix) module names of a partly trainable trunk.
+
+    The trunk's feature part is read as a chain of its children up to the pooling, one level
+    into Sequential containers (EfficientNet stages, ResNet layers); the prefix is the chain
+    before the first module with a trainable parameter. The chain is checked against the
+    trunk's own forward_features once, so a backbone whose forward is not such a chain (a
+    ViT adds position embeddings between modules) fails here rather than training wrong.
+    """
+    trunk = model.trunk
+    head_names = {"global_pool", "head", "fc", "classifier", "head_drop"}
+    chain: list[str] = []
+    for name, child in trunk.named_children():
+        if name in head_names:
+            break
+        if isinstance(child, nn.Sequential):
+            chain += [f"trunk.{name}.{sub}" for sub, _ in child.named_children()]
+        else:
+            chain.append(f"trunk.{name}")
+    first = next(
+        i
+        for i, name in enumerate(chain)
+        if any(p.requires_grad for p in model.get_submodule(name).parameters())
+    )
+    prefix, suffix = chain[:first], chain[first:]
+    was_training = model.training
+    model.eval()
+    try:
+        size = model.spec.image_size
+        x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            expected = trunk.forward_features(x)
+            got = model._run(suffix, model._run(prefix, x))
+        chained = got.shape == expected.shape and torch.allclose(got, expected, atol=1e-4)
+    except (RuntimeError, ValueError, AssertionError, TypeError):
+        chained = False
+    finally:
+        model.train(was_training)
+    if not chained:
+        raise ValueError(
+            f"backbone {model.spec.backbone!r} is not a plain chain of its child modules, so "
+            "its frozen prefix cannot be cached and model.trainable_blocks > 0 is "
+            "unsupported for it; use 0 (frozen trunk) or -1 (train everything)"
+        )
+    return prefix, suffix
 
 
 def create_model(spec: ModelConfig) -> EmbeddingNet:

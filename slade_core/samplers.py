@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+import torch
 from torch.utils.data import Sampler
 
 
@@ -17,7 +18,8 @@ class MPerClassBatchSampler(Sampler[list[int]]):
     """Yields `batches_per_epoch` batches of `batch_size // m_per_class` classes x m images.
 
     Classes are visited in a shuffled cycle (each class once before any repeats); a class with
-    fewer than m images is sampled with replacement. Indices are positions into `labels`.
+    fewer than m images is sampled with replacement (see `first_occurrences` for what the
+    trainers do with the repeats). Indices are positions into `labels`.
     Call `set_epoch(e)` before iterating to get that epoch's (seeded) batches; `stream`
     separates samplers that share a seed (the student's labeled and unlabeled halves).
     """
@@ -118,3 +120,20 @@ class JointBatchSampler(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         for lab, unl in zip(self.labeled, self.unlabeled, strict=True):
             yield lab + [i + self.unlabeled_offset for i in unl]
+
+
+def first_occurrences(positions: torch.Tensor) -> torch.Tensor:
+    """Bool mask of the entries of a batch's row positions that are a row's first draw.
+
+    A cluster smaller than m is sampled with replacement; when the inputs are cached views,
+    a repeat is the very same input (similarity 1). As a "positive pair" it carries no
+    gradient yet passes every mining threshold and inflates mu+ and sigma+, so trainers on
+    cached inputs keep only the first draw of each row in their pair losses.
+    """
+    order = torch.argsort(positions, stable=True)
+    ordered = positions[order]
+    first = torch.ones_like(ordered, dtype=torch.bool)
+    first[1:] = ordered[1:] != ordered[:-1]
+    keep = torch.empty_like(first)
+    keep[order] = first
+    return keep

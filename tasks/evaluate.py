@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from prefect.artifacts import create_table_artifact
-from slade_core.evaluate import evaluate
 
+from slade_core.evaluate import evaluate
 from tasks.common import StageContext, stage_task
 
 METRIC_NAMES = ("map_at_r", "r_precision", "precision_at_1", "recall_at_1")
 
 
-@stage_task("evaluate", ("runtime", "evaluate"))
+@stage_task("evaluate", ("model", "runtime", "evaluate"))
 def evaluate_task(ctx: StageContext, config, upstream) -> dict[str, float]:
     """Evaluate each upstream model (all entries but `data`); metrics as `<model>/<metric>`."""
     checkpoints = {
@@ -24,6 +24,7 @@ def evaluate_task(ctx: StageContext, config, upstream) -> dict[str, float]:
         ctx.work_dir,
         config.evaluate,
         config.runtime,
+        trunk=config.model,
     )
     models = result.metrics["models"]
     create_table_artifact(

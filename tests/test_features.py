@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from slade_core.config import ModelConfig, RuntimeConfig
-from slade_core.features import cached_trunk_features, trunk_feature_file
+from slade_core.features import cached_prefix_features, prefix_feature_file
 from slade_core.models import create_model
 
 
@@ -45,10 +45,10 @@ def test_cache_hit_returns_identical_tensor_without_recomputing(tmp_path):
     frame, model = make_index(tmp_path), tiny_model()
     calls = _counting(model)
     runtime = RuntimeConfig(feature_cache_dir=tmp_path / "cache", batch_size=4)
-    first = cached_trunk_features(model, frame, None, runtime)
+    first = cached_prefix_features(model, frame, None, runtime)
     assert first.shape == (6, model.trunk_dim) and first.dtype == torch.float32
     assert calls == [4, 2]
-    again = cached_trunk_features(model, frame, None, runtime.model_copy(update={"seed": 5}))
+    again = cached_prefix_features(model, frame, None, runtime.model_copy(update={"seed": 5}))
     assert torch.equal(first, again) and calls == [4, 2]
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 1
 
@@ -56,15 +56,15 @@ def test_cache_hit_returns_identical_tensor_without_recomputing(tmp_path):
 def test_views_differ_and_are_repeatable_across_batching(tmp_path):
     frame, model = make_index(tmp_path), tiny_model()
     runtime = RuntimeConfig(feature_cache_dir=tmp_path / "a", batch_size=4)
-    eval_file = trunk_feature_file(model, frame, None, runtime)
-    view0 = trunk_feature_file(model, frame, 0, runtime)
-    view1 = trunk_feature_file(model, frame, 1, runtime)
+    eval_file = prefix_feature_file(model, frame, None, runtime)
+    view0 = prefix_feature_file(model, frame, 0, runtime)
+    view1 = prefix_feature_file(model, frame, 1, runtime)
     assert len({eval_file, view0, view1}) == 3
     assert not np.allclose(np.load(view0), np.load(view1))
     other = RuntimeConfig(feature_cache_dir=tmp_path / "b", batch_size=1, seed=3)
-    assert trunk_feature_file(model, frame, 0, other).name == view0.name
+    assert prefix_feature_file(model, frame, 0, other).name == view0.name
     torch.testing.assert_close(
-        cached_trunk_features(model, frame, 0, other), torch.from_numpy(np.load(view0))
+        cached_prefix_features(model, frame, 0, other), torch.from_numpy(np.load(view0))
     )
 
 
@@ -72,11 +72,11 @@ def test_key_follows_weights_images_and_size_and_mode_is_restored(tmp_path):
     frame, model = make_index(tmp_path), tiny_model()
     runtime = RuntimeConfig(feature_cache_dir=tmp_path / "c", batch_size=8)
     model.train()
-    base = trunk_feature_file(model, frame, None, runtime)
+    base = prefix_feature_file(model, frame, None, runtime)
     assert model.head.training  # computing features left the model's mode alone
     with torch.no_grad():
         model.trunk.conv1[0].weight.add_(1.0)
-    assert trunk_feature_file(model, frame, None, runtime) != base
-    assert trunk_feature_file(model, frame.iloc[:3], None, runtime) != base
+    assert prefix_feature_file(model, frame, None, runtime) != base
+    assert prefix_feature_file(model, frame.iloc[:3], None, runtime) != base
     bigger = tiny_model(image_size=48)
-    assert trunk_feature_file(bigger, frame, None, runtime) != base
+    assert prefix_feature_file(bigger, frame, None, runtime) != base

@@ -22,7 +22,8 @@ from slade_core.training.loop import RESUME_FILE
 
 STUDENT_METRICS = {
     "loss", "loss_rank", "loss_rank_unlabeled", "loss_ce", "loss_reg", "mined_pos",
-    "mined_neg", "lr",
+    "mined_neg", "grad_rank", "grad_rank_unlabeled", "grad_ce", "grad_reg",
+    "duplicate_fraction", "lr",
 }  # fmt: skip
 STATS = {"mu_pos", "mu_neg", "sigma_pos", "sigma_neg"}
 
@@ -131,7 +132,7 @@ def test_teacher_loss_decreases_on_separable_data(dataset, tmp_path):
     assert (tmp_path / "history.json").is_file() and not (tmp_path / RESUME_FILE).exists()
     losses = [h["loss"] for h in result.history]
     assert [e for e, _, _ in seen] == list(range(1, 7)) and all(n == 6 for _, n, _ in seen)
-    assert set(seen[0][2]) == {"loss", "lr"}
+    assert set(seen[0][2]) == {"loss", "duplicate_fraction", "lr"}
     assert losses[-1] < 0.7 * losses[0], losses
     _, meta = _state(result.checkpoint_path)
     assert meta["stage"] == "teacher" and meta["history"] == result.history

@@ -1,9 +1,11 @@
-"""Where training batches come from: cached trunk features or decoded images.
+"""Where training batches come from: cached prefix features or decoded images.
 
-A frozen trunk (model.trainable_blocks == 0) never changes its output for a given augmented
-image, so its features are computed once per augmented view and cached on disk; each epoch
-then costs only head (and basis) updates: epoch e uses view (e - 1) % runtime.cached_views.
-A trainable trunk needs the images themselves, decoded and augmented by a DataLoader.
+A frozen prefix (model.trainable_blocks >= 0: the whole frozen trunk, or the stages before
+the first trainable one) never changes its output for a given augmented image, so its
+outputs are computed once per augmented view and cached on disk; each epoch then costs only
+suffix, head (and basis) updates: epoch e uses view (e - 1) % runtime.cached_views.
+A fully trainable trunk (-1) needs the images themselves, decoded and augmented by a
+DataLoader.
 Both sources take a batch sampler over the concatenation of `frames` and yield
 (inputs on the device, row positions), and embed inputs with `embed`. Under torchrun the
 sampler yields only this rank's slice of each batch (see training.distributed).
@@ -20,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from slade_core.config import RuntimeConfig
-from slade_core.features import cached_trunk_features
+from slade_core.features import cached_prefix_features
 from slade_core.images import IndexDataset, build_transform
 from slade_core.models import EmbeddingNet
 from slade_core.training import distributed
@@ -46,7 +48,13 @@ def read_split(index_path: str | os.PathLike, split: str) -> pd.DataFrame:
 
 
 class CachedFeatureSource:
-    """Batches of cached trunk features of a frozen trunk; `embed` runs the head only."""
+    """Batches of cached prefix outputs; `embed` runs the suffix and head.
+
+    A row drawn twice into one batch is the same view twice: an identical input, so the
+    trainers drop such repeats from their pair losses (`repeats_identical`).
+    """
+
+    repeats_identical = True
 
     def __init__(
         self,
@@ -68,13 +76,13 @@ class CachedFeatureSource:
         return len(self.sampler)
 
     def features(self, view: int) -> torch.Tensor:
-        """Trunk features of all rows for one augmented view, on the device (last view kept).
+        """Prefix outputs of all rows for one augmented view, on the device (last view kept).
         Distributed, rank 0 fills the disk cache while the other ranks wait, then all load."""
         if view != self._view:
             self._features = None  # free the previous view before loading the next
             with distributed.current().main_first():
                 parts = [
-                    cached_trunk_features(self.net, f, view, self.runtime) for f in self.frames
+                    cached_prefix_features(self.net, f, view, self.runtime) for f in self.frames
                 ]
             self._features = torch.cat(parts).to(self.precision.device)
             self._view = view
@@ -88,6 +96,9 @@ class CachedFeatureSource:
             yield features[positions.to(features.device)], positions
 
     def embed(self, net: EmbeddingNet, inputs: torch.Tensor) -> torch.Tensor:
+        inputs = inputs.float()  # partial-trunk maps are cached as float16
+        if inputs.ndim == 4 and self.runtime.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
         with self.precision.autocast():
             return net.embed_features(inputs).float()
 
@@ -97,8 +108,11 @@ class ImageSource:
 
     Augmentations draw from torch's RNG (the global one with num_workers=0, per-worker seeds
     from a (seed, epoch[, rank]) generator otherwise), so a run repeats for a fixed worker
-    and process count.
+    and process count. Every draw is a fresh augmentation, so repeats of a row in one batch
+    are different views and stay valid positive pairs.
     """
+
+    repeats_identical = False
 
     def __init__(
         self,
@@ -148,6 +162,6 @@ def make_source(
     runtime: RuntimeConfig,
     precision: Precision,
 ) -> CachedFeatureSource | ImageSource:
-    """Cached features for a frozen trunk, images for a trainable one."""
-    kind = ImageSource if net.trainable_trunk() else CachedFeatureSource
+    """Cached prefix features unless the whole trunk trains, images then."""
+    kind = CachedFeatureSource if net.cached_prefix() else ImageSource
     return kind(net, frames, sampler, runtime, precision)

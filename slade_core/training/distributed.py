@@ -119,21 +119,25 @@ class Distributed:
         """inputs of this rank's slice -> embeddings of the whole global batch.
 
         Distributed, `net` runs under DDP (which only syncs parameters that require grad:
-        the head, plus trunk blocks when they train; a frozen trunk on cached features never
-        runs). A trainable trunk gets synchronised BatchNorm on CUDA so batch statistics
-        cover the global batch; gloo has no SyncBatchNorm, so on CPU they are per slice.
+        the head, plus trunk blocks when they train; a frozen prefix on cached features never
+        runs). With model.batchnorm="frozen" (default) BatchNorm layers use their loaded
+        statistics on every rank, so there is nothing to synchronise and ranks stay
+        identical. With "train" a trainable trunk gets synchronised BatchNorm on CUDA so
+        batch statistics cover the global batch; gloo has no SyncBatchNorm, so on CPU they
+        are per slice and rank 0's running statistics are broadcast.
         """
         if not self.enabled:
             return partial(embed, net)
         cuda = device.type == "cuda"
-        if cuda and net.trainable_trunk():
+        batch_statistics = net.trainable_trunk() and net.spec.batchnorm == "train"
+        if cuda and batch_statistics:
             from timm.layers import convert_sync_batchnorm
 
             net.trunk = convert_sync_batchnorm(net.trunk)
         ddp = DistributedDataParallel(
             _Forward(net, embed),
             device_ids=[device.index] if cuda else None,
-            forward_sync_buffers=net.trainable_trunk(),  # BatchNorm statistics follow rank 0
+            forward_sync_buffers=batch_statistics,  # BatchNorm statistics follow rank 0
         )
         return lambda inputs: self.gather(ddp(inputs))
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import random
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -115,6 +116,20 @@ def build_optimizer(
     return torch.optim.AdamW(groups, lr=optim.lr, weight_decay=optim.weight_decay)
 
 
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, schedule: str, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step learning-rate factor: 1 ("constant") or a cosine from 1 to 0 ("cosine")."""
+    if schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    if schedule == "cosine":
+        total = max(1, total_steps)
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+        )
+    raise ValueError(f"unknown schedule {schedule!r}; use constant|cosine")
+
+
 def run_epochs(
     *,
     stage: str,
@@ -128,15 +143,18 @@ def run_epochs(
     precision: Precision,
     on_epoch: EpochCallback | None = None,
     epoch_metrics: Callable[[], dict[str, float]] | None = None,
+    schedule: str = "constant",
 ) -> list[dict[str, float]]:
     """Train epochs 1..`epochs` (continuing from out_dir/resume.pt when it matches) and
     return the history: one dict per epoch with "epoch", the mean of every step metric,
-    "loss", `epoch_metrics()` and "lr" (of the first parameter group, the head)."""
+    "loss", `epoch_metrics()` and "lr" (of the first parameter group, the head, at the end
+    of the epoch). `schedule` is OptimConfig.schedule."""
     scaler = precision.grad_scaler()
-    resume_path = Path(out_dir) / RESUME_FILE
-    history = _restore(resume_path, stage, config_hash, modules, optimizer, scaler)
-    main = distributed.current().is_main
     iterations = len(source)
+    scheduler = build_scheduler(optimizer, schedule, epochs * iterations)
+    resume_path = Path(out_dir) / RESUME_FILE
+    history = _restore(resume_path, stage, config_hash, modules, optimizer, scaler, scheduler)
+    main = distributed.current().is_main
     for epoch in range(len(history) + 1, epochs + 1):
         for module in modules.values():
             module.train()
@@ -155,6 +173,7 @@ def run_epochs(
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            scheduler.step()
             for name, value in {"loss": loss, **metrics}.items():
                 value = torch.as_tensor(value).detach().float()
                 totals[name] = totals[name] + value if name in totals else value
@@ -166,7 +185,9 @@ def run_epochs(
             summary.update(epoch_metrics())
         summary["lr"] = float(optimizer.param_groups[0]["lr"])
         history.append({"epoch": epoch, **summary})
-        _save_resume(resume_path, stage, config_hash, history, modules, optimizer, scaler)
+        _save_resume(
+            resume_path, stage, config_hash, history, modules, optimizer, scaler, scheduler
+        )
         if on_epoch is not None and main:
             on_epoch(epoch, epochs, summary)
     return history
@@ -233,6 +254,7 @@ def _save_resume(
     modules: Mapping[str, nn.Module],
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
 ) -> None:
     ctx = distributed.current()
     rng = ctx.all_objects(_rng_state()) if ctx.enabled else _rng_state()  # a collective
@@ -246,6 +268,7 @@ def _save_resume(
         "modules": {name: m.state_dict() for name, m in modules.items()},
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict(),
+        "scheduler": scheduler.state_dict(),
         "rng": rng,
     }
     with atomic_path(path) as tmp:
@@ -259,6 +282,7 @@ def _restore(
     modules: Mapping[str, nn.Module],
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
 ) -> list[dict[str, float]]:
     """Load resume state into the given objects; return its history ([] = fresh start)."""
     if not path.is_file():
@@ -283,6 +307,7 @@ def _restore(
         module.load_state_dict(state["modules"][name])
     optimizer.load_state_dict(state["optimizer"])
     scaler.load_state_dict(state["scaler"])
+    scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(_own_rng_state(state["rng"], path))
     history = list(state["history"])
     log.info("resuming %s after epoch %d from %s", stage, len(history), path)

@@ -10,6 +10,11 @@ minimises  L = L_rank(D_l) + lambda1 * L_rank(D_u) + lambda2 * (L_CE + L_reg).
   adaptive) instead of over all pseudo-label pairs.
 - Warm-up: for the first basis.warmup_iterations steps only W_a (and the CE classifier)
   learns, on detached embeddings, so the basis is meaningful before it steers the student.
+- Repeats: on cached inputs a row drawn twice (a cluster smaller than m) is the same input
+  twice; only its first draw enters the losses, so it never forms a self-pair, passes the
+  mining thresholds or enters mu+/sigma+ (`samplers.first_occurrences`). history.json
+  records the repeated share of the pseudo-labeled half (`duplicate_fraction`), the mined
+  pair counts and each loss term's gradient norm at the embedding.
 The basis is not part of the embedding model: student.pt holds the EmbeddingNet, basis.pt
 the basis, CE and regulariser state. Under torchrun each rank embeds a slice of every joint
 batch and runs the objective on the gathered whole (see training.distributed).
@@ -37,7 +42,7 @@ from slade_core.losses import (
 )
 from slade_core.mining import BasisPairMiner
 from slade_core.models import create_model, resolve_device
-from slade_core.samplers import JointBatchSampler, MPerClassBatchSampler
+from slade_core.samplers import JointBatchSampler, MPerClassBatchSampler, first_occurrences
 from slade_core.training import distributed
 from slade_core.training.data import make_source, read_split
 from slade_core.training.loop import (
@@ -99,11 +104,9 @@ class StudentObjective(nn.Module):
         student: StudentConfig,
         embedding_dim: int,
         num_classes: int,
-        split: int,
     ) -> None:
         super().__init__()
         self.cfg = student
-        self.split = split
         self.ranking = build_ranking_loss(student.loss)
         self.basis = self.ce = self.regularizer = self.tracker = None
         self.miner = BasisPairMiner(student.mining) if student.use_mining else None
@@ -124,37 +127,46 @@ class StudentObjective(nn.Module):
         return [] if self.basis is None else [*self.basis.parameters(), *self.ce.parameters()]
 
     def forward(
-        self, embeddings: torch.Tensor, labels: torch.Tensor, warmup: bool
+        self, embeddings: torch.Tensor, labels: torch.Tensor, split: int, warmup: bool
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(loss, metrics) for embeddings [labeled half; pseudo-labeled half] and their ids."""
+        """(loss, metrics) for embeddings [labeled half (`split` rows); pseudo-labeled half]
+        and their ids. Metrics include each weighted term's gradient norm at the embedding
+        (`grad_*`), so a term that has gone dead shows in the history."""
         zero = embeddings.new_zeros(())
+        names = ("rank", "rank_unlabeled", "ce", "reg")
         metrics = dict.fromkeys(
-            ("loss_rank", "loss_rank_unlabeled", "loss_ce", "loss_reg", "mined_pos", "mined_neg"),
+            [*(f"loss_{n}" for n in names), *(f"grad_{n}" for n in names)]
+            + ["mined_pos", "mined_neg"],
             zero,
         )
-        unl, pseudo = embeddings[self.split :], labels[self.split :]
-        loss_basis, similarity = zero, None
+        unl, pseudo = embeddings[split:], labels[split:]
+        terms: dict[str, torch.Tensor] = {}
+        similarity = None
         if self.basis is not None:
             representation = self.basis(embeddings.detach() if warmup else embeddings)
-            similarity = self.basis.similarity(representation[self.split :])
+            similarity = self.basis.similarity(representation[split:])
             metrics["loss_ce"] = self.ce(representation, labels)
+            terms["ce"] = self.cfg.lambda2 * metrics["loss_ce"]
             if self.regularizer is not None:
                 metrics["loss_reg"] = self.regularizer(similarity, pseudo)
+                terms["reg"] = self.cfg.lambda2 * metrics["loss_reg"]
             if self.tracker is not None:
                 self.tracker(similarity.detach(), pseudo)
-            loss_basis = metrics["loss_ce"] + metrics["loss_reg"]
-        if warmup:
-            return self.cfg.lambda2 * loss_basis, metrics
-        metrics["loss_rank"] = self.ranking(embeddings[: self.split], labels[: self.split])
-        pairs = self._pairs(similarity, pseudo)
-        metrics["loss_rank_unlabeled"] = self.ranking(unl, pseudo, pairs=pairs)
-        metrics["mined_pos"] = zero + len(pairs[0])
-        metrics["mined_neg"] = zero + len(pairs[2])
-        loss = (
-            metrics["loss_rank"]
-            + self.cfg.lambda1 * metrics["loss_rank_unlabeled"]
-            + self.cfg.lambda2 * loss_basis
-        )
+        if not warmup:
+            metrics["loss_rank"] = self.ranking(embeddings[:split], labels[:split])
+            pairs = self._pairs(similarity, pseudo)
+            metrics["loss_rank_unlabeled"] = self.ranking(unl, pseudo, pairs=pairs)
+            metrics["mined_pos"] = zero + len(pairs[0])
+            metrics["mined_neg"] = zero + len(pairs[2])
+            terms["rank"] = metrics["loss_rank"]
+            terms["rank_unlabeled"] = self.cfg.lambda1 * metrics["loss_rank_unlabeled"]
+            if embeddings.requires_grad:
+                for name, term in terms.items():
+                    (grad,) = torch.autograd.grad(
+                        term, embeddings, retain_graph=True, allow_unused=True
+                    )
+                    metrics[f"grad_{name}"] = zero if grad is None else grad.norm()
+        loss = sum(terms.values(), zero)
         return loss, metrics
 
     def _pairs(self, similarity: torch.Tensor | None, pseudo: torch.Tensor):
@@ -223,18 +235,25 @@ def train_student(
         net, [labeled, unlabeled], ctx.shard(sampler, lbs + ubs), runtime, precision
     )
     label_tensor = torch.tensor(all_labels, device=device)
-    objective = StudentObjective(
-        student, model.embedding_dim, n_classes + n_clusters, split=lbs
-    ).to(device)
+    objective = StudentObjective(student, model.embedding_dim, n_classes + n_clusters).to(device)
     ctx.seed_rank(runtime.seed)  # after every module's initialisation: identical on all ranks
     embed = ctx.embedder(net, source.embed, device)
     warmup_steps = student.basis.warmup_iterations if student.use_basis else 0
 
     def step(inputs: torch.Tensor, positions: torch.Tensor, iteration: int):
         warmup = iteration < warmup_steps
+        positions = ctx.gather(positions.to(device))
         with torch.set_grad_enabled(not warmup):
             embeddings = embed(inputs)
-        return objective(embeddings, label_tensor[ctx.gather(positions.to(device))], warmup)
+        split = lbs
+        duplicates = 0.0
+        if source.repeats_identical:
+            keep = first_occurrences(positions)
+            split = int(keep[:lbs].sum())
+            duplicates = 1.0 - keep[lbs:].float().mean()
+            embeddings, positions = embeddings[keep], positions[keep]
+        loss, metrics = objective(embeddings, label_tensor[positions], split, warmup)
+        return loss, {**metrics, "duplicate_fraction": duplicates}
 
     optimizer = build_optimizer(
         net, student.optim, extra=[(objective.basis_parameters(), student.basis.lr)]
@@ -250,6 +269,7 @@ def train_student(
         optimizer=optimizer,
         precision=precision,
         on_epoch=on_epoch,
+        schedule=student.optim.schedule,
         epoch_metrics=objective.stats,
     )
     if objective.basis is not None and ctx.is_main:

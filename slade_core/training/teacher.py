@@ -17,7 +17,7 @@ from slade_core.config import ModelConfig, RuntimeConfig, TeacherConfig
 from slade_core.io import file_digest, stable_hash
 from slade_core.losses import build_ranking_loss
 from slade_core.models import create_model, resolve_device
-from slade_core.samplers import MPerClassBatchSampler
+from slade_core.samplers import MPerClassBatchSampler, first_occurrences
 from slade_core.training import distributed
 from slade_core.training.data import make_source, read_split
 from slade_core.training.loop import (
@@ -72,8 +72,13 @@ def train_teacher(
     ranking = build_ranking_loss(teacher.loss)
 
     def step(inputs: torch.Tensor, positions: torch.Tensor, iteration: int):
-        labels = label_tensor[ctx.gather(positions.to(device))]
-        return ranking(embed(inputs), labels), {}
+        positions = ctx.gather(positions.to(device))
+        embeddings = embed(inputs)
+        keep = first_occurrences(positions) if source.repeats_identical else None
+        if keep is not None:
+            embeddings, positions = embeddings[keep], positions[keep]
+        duplicates = 0.0 if keep is None else 1.0 - keep.float().mean()
+        return ranking(embeddings, label_tensor[positions]), {"duplicate_fraction": duplicates}
 
     history = run_epochs(
         stage="teacher",
@@ -86,6 +91,7 @@ def train_teacher(
         optimizer=build_optimizer(net, teacher.optim),
         precision=precision,
         on_epoch=on_epoch,
+        schedule=teacher.optim.schedule,
     )
     meta = {"stage": "teacher", "epochs": teacher.optim.epochs, "config": config}
     return finish(net, out_dir, "teacher.pt", meta, history)
