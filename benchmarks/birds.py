@@ -101,7 +101,9 @@ ORACLE_ROW = "diagnostic: student, oracle labels"  # hidden species as pseudo la
 ROUND2_ROW = "student, rounds = 2"  # the full student as teacher of a second round
 ROW_DIRS = {
     CONTROL_ROW: "control",
-    **dict(zip((name for name, _, _ in STUDENTS), ("student_pl", "student_basis", "student_full"))),
+    STUDENTS[0][0]: "student_pl",
+    STUDENTS[1][0]: "student_basis",
+    STUDENTS[2][0]: "student_full",
     ORACLE_ROW: "oracle",
     ROUND2_ROW: "round2",
 }
