@@ -59,8 +59,18 @@ def test_table_and_payload_schema(birds, tmp_path):
             assert key in row
 
     lines = birds.verdicts(rows)
-    assert lines[0].startswith("full student - teacher: +5.00 MAP@R") and lines[0].endswith("yes")
+    full = birds.STUDENTS[-1][0]
+    assert lines[0].startswith(f"{full} - teacher: +5.00 MAP@R") and lines[0].endswith("yes")
+    assert lines[1] == "full student - teacher >= +1.50 MAP@R? True (+5.00)"
     assert lines[-1].endswith("True")
+
+    control = birds.summarize(birds.CONTROL_ROW, [{m: 0.31 for m in birds.METRICS}] * 3, 60.0)
+    trunk = birds.summarize(birds.TRUNK_ROW, [{m: 0.27 for m in birds.METRICS}], 1.0)
+    lines = birds.verdicts([trunk, *rows, control])
+    assert lines[0].startswith(f"{full} - {birds.CONTROL_ROW}: -1.00 MAP@R")
+    assert lines[0].endswith("no")
+    assert f"{birds.CONTROL_ROW} - teacher: +6.00 MAP@R" in lines[1]
+    assert "every trained row above the pretrained trunk? False ['teacher']" in lines
 
 
 def test_overrides_parse_json_values_and_reject_missing_equals(birds):
