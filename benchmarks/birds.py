@@ -107,8 +107,8 @@ ROW_DIRS = {
     ORACLE_ROW: "oracle",
     ROUND2_ROW: "round2",
 }
-ROW_GROUPS = ("trunk", "pml", "teacher", "controls", "students", "oracle", "rounds")
-STUDENT_ROW_GROUPS = {"controls", "students", "oracle", "rounds"}
+ROW_GROUPS = ("trunk", "pml", "teacher", "controls", "students", "full", "oracle", "rounds")
+STUDENT_ROW_GROUPS = {"controls", "students", "full", "oracle", "rounds"}
 ROW_ORDER = [
     TRUNK_ROW,
     PML_ROW,
@@ -455,8 +455,9 @@ def run_seed(
             ),
         )
     full = None
-    if "students" in rows:
-        for name, use_basis, use_mining in STUDENTS:
+    if rows & {"students", "full"}:
+        chosen = STUDENTS if "students" in rows else STUDENTS[-1:]
+        for name, use_basis, use_mining in chosen:
             checkpoint = timed(
                 name,
                 lambda name=name, b=use_basis, m=use_mining: student(

@@ -139,9 +139,12 @@ class StudentConfig(StrictModel):
 
     The ablation rows of the poster: use_basis=False, use_mining=False (pseudo labels only);
     use_basis=True (+ basis); use_basis=True, use_mining=True (+ basis + mining).
+    unlabeled_loss: L_rank of the pseudo-labeled half when it should differ from `loss`
+    (None: the same loss for both halves).
     """
 
     loss: RankingLossConfig = RankingLossConfig()
+    unlabeled_loss: RankingLossConfig | None = None
     optim: OptimConfig = OptimConfig()
     labeled_batch_size: int = Field(32, ge=2)
     unlabeled_batch_size: int = Field(32, ge=2)

@@ -108,6 +108,7 @@ class StudentObjective(nn.Module):
         super().__init__()
         self.cfg = student
         self.ranking = build_ranking_loss(student.loss)
+        self.unlabeled_ranking = build_ranking_loss(student.unlabeled_loss or student.loss)
         self.basis = self.ce = self.regularizer = self.tracker = None
         self.miner = BasisPairMiner(student.mining) if student.use_mining else None
         if student.use_basis:
@@ -155,7 +156,7 @@ class StudentObjective(nn.Module):
         if not warmup:
             metrics["loss_rank"] = self.ranking(embeddings[:split], labels[:split])
             pairs = self._pairs(similarity, pseudo)
-            metrics["loss_rank_unlabeled"] = self.ranking(unl, pseudo, pairs=pairs)
+            metrics["loss_rank_unlabeled"] = self.unlabeled_ranking(unl, pseudo, pairs=pairs)
             metrics["mined_pos"] = zero + len(pairs[0])
             metrics["mined_neg"] = zero + len(pairs[2])
             terms["rank"] = metrics["loss_rank"]
