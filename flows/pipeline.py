@@ -21,18 +21,12 @@ from prefect.runtime import flow_run
 from slade_core.config import PipelineConfig
 from slade_core.experiment import load_experiment
 from tasks.cluster import cluster_task
-from tasks.common import (
-    StageResult,
-    adopt_cached,
-    finish_run,
-    git_commit,
-    log_metrics,
-    mlflow_client,
-    start_parent_run,
-)
 from tasks.evaluate import evaluate_task
 from tasks.extract_embeddings import extract_embeddings_task
 from tasks.prepare_data import prepare_data_task
+from tasks.provenance import git_commit
+from tasks.stage import StageResult
+from tasks.tracking import adopt_cached, finish_run, log_metrics, mlflow_client, start_parent_run
 from tasks.train_student import train_student_task
 from tasks.train_teacher import train_teacher_task
 
@@ -91,7 +85,7 @@ class _Stages:
             result = child.state.result()
         else:
             result = STAGES[stage](self.config, upstream, self.parent, label)
-        adopt_cached(result, self.parent, label)
+        adopt_cached(result["run_id"], self.parent, label)
         return result
 
 

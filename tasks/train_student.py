@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from slade_core.training import launch_student, train_student
-from tasks.common import StageContext, stage_task
+from tasks.stage import StageContext, stage_task
 
 
 @stage_task("train_student", ("model", "runtime", "student"))
