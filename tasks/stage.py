@@ -5,8 +5,8 @@ the stages it reads from, the code version, where results are stored). The key i
 
 - the Prefect cache key (results persisted), so a retried flow run or a new run with the
   same inputs gets the finished stage back as `Cached` without running it;
-- the stage directory `${SLADE_RUNS_DIR}/<stage>/<key>/`, filled under `<key>.partial/` and
-  renamed when complete (a stable partial name lets a killed training stage resume);
+- the stage directory `${SLADE_RUNS_DIR}/<stage>/<key>/`, filled under `<key>.partial/`
+  while holding `<key>.lock` and renamed when complete (see tasks.stage_dir);
 - a tag on the stage's MLflow child run, whose artifacts the next stage reads.
 
 Task results are small dicts (stage, key, MLflow run id, directory), never data.
@@ -15,8 +15,6 @@ Task results are small dicts (stage, key, MLflow run id, directory), never data.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -24,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflow.tracking import MlflowClient
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.context import TaskRunContext, get_run_context
 
 from slade_core.config import PipelineConfig
@@ -34,6 +32,7 @@ from tasks.faults import maybe_inject_fault
 from tasks.inputs import stage_input
 from tasks.locations import runs_root, tracking_uri
 from tasks.provenance import code_version
+from tasks.stage_dir import compute_once, lock_file
 from tasks.tracking import flatten, log_metrics, log_params, mlflow_client, run_url
 
 SUMMARY_FILE = "stage.json"
@@ -118,20 +117,24 @@ def _run_stage(
         if url:
             link_run(url, stage, label)
         compute_started = time.perf_counter()
-        if not (final / SUMMARY_FILE).exists():
+
+        def compute(work: Path) -> None:
             maybe_inject_fault(stage)
-            work = final.with_name(final.name + ".partial")
-            work.mkdir(parents=True, exist_ok=True)
             ctx = StageContext(stage, label, key, work, run_id, client)
             summary = dict(body(ctx, config, upstream) or {})
             write_json(
                 work / SUMMARY_FILE,
                 {"stage": stage, "key": key, "summary": summary, "outputs": ctx.outputs},
             )
-            if final.exists():  # finished concurrently by another run: keep theirs
-                shutil.rmtree(work, ignore_errors=True)
-            else:
-                os.replace(work, final)
+
+        def on_wait() -> None:
+            get_run_logger().info(
+                "%s: another run is computing this stage (%s); waiting for its result",
+                label,
+                lock_file(final),
+            )
+
+        compute_once(final, compute, on_wait)
         compute_seconds = time.perf_counter() - compute_started
         record = json.loads((final / SUMMARY_FILE).read_text())
         log_metrics(client, run_id, record["summary"] | {"compute_seconds": compute_seconds})
