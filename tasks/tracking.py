@@ -24,15 +24,21 @@ from tasks.locations import tracking_uri
 from tasks.provenance import code_version
 
 EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"
+END_REASON_TAG = "slade.end_reason"
+RETRIED = "the flow run was retried while this run was still marked running"
 
 
 def mlflow_client() -> MlflowClient:
     return MlflowClient(tracking_uri=tracking_uri())
 
 
+def experiment_name() -> str:
+    return os.environ.get(EXPERIMENT_ENV, "slade")
+
+
 def experiment_id(client: MlflowClient) -> str:
     """Get or create the experiment ($MLFLOW_EXPERIMENT_NAME, default `slade`)."""
-    name = os.environ.get(EXPERIMENT_ENV, "slade")
+    name = experiment_name()
     existing = client.get_experiment_by_name(name)
     if existing is not None:
         return existing.experiment_id
@@ -97,9 +103,11 @@ def start_parent_run(config: PipelineConfig, flow_run_id: str, git_commit: str) 
         ),
         max_results=1,
     )
-    if found:
-        client.update_run(found[0].info.run_id, status="RUNNING")
-        return found[0].info.run_id
+    if found:  # a retry: what the last attempt left running ended with it
+        parent = found[0].info.run_id
+        _end_running(client, [exp], f"tags.`mlflow.parentRunId` = '{parent}'", "FAILED", RETRIED)
+        client.update_run(parent, status="RUNNING")
+        return parent
     run = client.create_run(
         exp,
         run_name=f"{config.preset}-{flow_run_id[:8]}",
@@ -119,10 +127,52 @@ def finish_run(run_id: str, ok: bool) -> None:
     mlflow_client().set_terminated(run_id, "FINISHED" if ok else "FAILED")
 
 
+def end_flow_run(flow_run_id: str, status: str, reason: str) -> list[str]:
+    """End the MLflow runs of a Prefect flow run that are still RUNNING; return their ids.
+
+    Those are the runs tagged with the flow run id (the pipeline's parent run, the stage
+    runs it ran in process, or the stage run of a `slade-stage` flow run) and the children
+    of its parent run (stages run on a work pool). status: FAILED or KILLED; the reason
+    becomes the tag `slade.end_reason`.
+    """
+    client = mlflow_client()
+    experiment = client.get_experiment_by_name(experiment_name())
+    if experiment is None:
+        return []
+    exps = [experiment.experiment_id]
+    closed = []
+    parents = client.search_runs(
+        exps,
+        filter_string=(
+            f"tags.`prefect.flow_run_id` = '{flow_run_id}' and tags.`slade.kind` = 'pipeline'"
+        ),
+    )
+    for parent in parents:
+        parent_filter = f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+        closed += _end_running(client, exps, parent_filter, status, reason)
+    closed += _end_running(
+        client, exps, f"tags.`prefect.flow_run_id` = '{flow_run_id}'", status, reason
+    )
+    return closed
+
+
+def _end_running(
+    client: MlflowClient, exps: list[str], filter_string: str, status: str, reason: str
+) -> list[str]:
+    runs = client.search_runs(
+        exps, filter_string=f"{filter_string} and attributes.status = 'RUNNING'"
+    )
+    for run in runs:
+        client.set_tag(run.info.run_id, END_REASON_TAG, reason[:5000])
+        client.set_terminated(run.info.run_id, status)
+    return [run.info.run_id for run in runs]
+
+
 def adopt_cached(source_run_id: str, parent_run_id: str, label: str) -> None:
     """Give this pipeline run a child for a stage whose result came from the cache.
 
-    The child holds the original run's params and final metrics and points to it
+    The child holds the original run's params and metric histories (per-epoch curves
+    with their steps; `compute_seconds` is 0: nothing was computed) and points to it
     (tag `slade.source_run_id`) instead of copying its artifacts. Nothing is added when the
     original run already belongs to this parent (a retried flow run).
     """
@@ -148,12 +198,14 @@ def adopt_cached(source_run_id: str, parent_run_id: str, label: str) -> None:
         "slade.source_run_id": source.info.run_id,
     }
     run = client.create_run(exp, run_name=f"{label} (cached)", tags=tags)
-    client.log_batch(
-        run.info.run_id,
-        params=[Param(k, v) for k, v in source.data.params.items()],
-        metrics=[
-            Metric(k, 0.0 if k == "compute_seconds" else v, 0, 0)
-            for k, v in source.data.metrics.items()
-        ],
-    )
+    params = [Param(k, v) for k, v in source.data.params.items()]
+    for start in range(0, len(params), 100):
+        client.log_batch(run.info.run_id, params=params[start : start + 100])
+    metrics = [
+        Metric(m.key, 0.0 if m.key == "compute_seconds" else m.value, m.timestamp, m.step)
+        for key in source.data.metrics
+        for m in client.get_metric_history(source.info.run_id, key)
+    ]
+    for start in range(0, len(metrics), 1000):
+        client.log_batch(run.info.run_id, metrics=metrics[start : start + 1000])
     client.set_terminated(run.info.run_id, "FINISHED")
