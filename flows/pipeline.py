@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.exceptions import TerminationSignal
 from prefect.runtime import flow_run
 
 from flows.hooks import HOOKS
@@ -99,7 +100,7 @@ def slade(
     if training_pool is not None:
         check_deployed(training_pool)
     parent = start_parent_run(config, str(flow_run.get_id()), git_commit())
-    ok = False
+    status = "FAILED"
     try:
         stage = _Stages(config, parent, training_pool, pool_timeout)
         data = stage("prepare_data", {}, "prepare_data")
@@ -122,9 +123,12 @@ def slade(
         evaluation = stage("evaluate", {"data": data, **models}, "evaluate")
         metrics = evaluation["summary"]
         log_metrics(mlflow_client(), parent, metrics)
-        ok = True
+        status = "FINISHED"
+    except TerminationSignal:  # SIGTERM: the run was cancelled or its machine stopped
+        status = "KILLED"
+        raise
     finally:
-        finish_run(parent, ok)
+        finish_run(parent, status)
     get_run_logger().info("metrics: %s", metrics)
     return {"mlflow_run_id": parent, "metrics": metrics, "evaluate_dir": evaluation["dir"]}
 

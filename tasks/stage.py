@@ -24,11 +24,12 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 from prefect import get_run_logger, task
 from prefect.context import TaskRunContext, get_run_context
+from prefect.exceptions import TerminationSignal
 
 from slade_core.config import PipelineConfig
 from slade_core.io import stable_hash, write_json
 from tasks.artifacts import epoch_progress, link_run
-from tasks.faults import maybe_inject_fault
+from tasks.faults import maybe_hang, maybe_inject_fault
 from tasks.inputs import stage_input
 from tasks.locations import runs_root, tracking_uri
 from tasks.provenance import code_version
@@ -77,6 +78,7 @@ class StageContext:
         def on_epoch(epoch: int, total: int, metrics: dict[str, float]) -> None:
             log_metrics(self.client, self.run_id, metrics, step=epoch)
             advance(epoch, total, metrics)
+            maybe_hang(self.stage)
 
         return on_epoch
 
@@ -143,8 +145,8 @@ def _run_stage(
                 client.log_artifact(run_id, str(path))
             elif path.is_dir():
                 client.log_artifacts(run_id, str(path), artifact_path=path.name)
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
+    except BaseException as exc:  # SIGTERM (cancelled, machine stopped) -> KILLED
+        client.set_terminated(run_id, "KILLED" if isinstance(exc, TerminationSignal) else "FAILED")
         raise
     client.set_terminated(run_id, "FINISHED")
     return {

@@ -123,8 +123,9 @@ def start_parent_run(config: PipelineConfig, flow_run_id: str, git_commit: str) 
     return run.info.run_id
 
 
-def finish_run(run_id: str, ok: bool) -> None:
-    mlflow_client().set_terminated(run_id, "FINISHED" if ok else "FAILED")
+def finish_run(run_id: str, status: str) -> None:
+    """End a run: FINISHED, FAILED or KILLED."""
+    mlflow_client().set_terminated(run_id, status)
 
 
 def end_flow_run(flow_run_id: str, status: str, reason: str) -> list[str]:
