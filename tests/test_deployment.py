@@ -23,7 +23,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-pytestmark = pytest.mark.slow
+# services start in ~30-60 s and the deployed run takes ~60 s on 2 shared cores
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -106,6 +106,7 @@ def test_sharded_slices_rebuild_each_global_batch():
         Distributed(0, 3).shard(sampler, 8)
 
 
+@pytest.mark.slow
 def test_teacher_under_torchrun_matches_single_process(dataset, tmp_path):
     index = dataset / "index.parquet"
     reference = train_teacher(index, MODEL, TEACHER, _runtime(tmp_path / "c1"), tmp_path / "ref")
@@ -133,6 +134,7 @@ def test_teacher_under_torchrun_matches_single_process(dataset, tmp_path):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_student_under_torchrun(dataset, tmp_path):
     """Two ranks through basis warm-up, mining and the basis regulariser."""
     teacher = save_checkpoint(create_model(MODEL), tmp_path / "teacher.pt", {"stage": "teacher"})
@@ -155,6 +157,7 @@ def test_bad_config_fails_with_nonzero_exit(tmp_path, capsys):
     assert exit_.value.code == 2 and "unknown sections ['teachr']" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_launch_teacher_relays_epochs_and_returns_the_result(dataset, tmp_path):
     """The stage-facing launcher: same result shape as train_teacher, epochs relayed."""
     seen = []
@@ -169,6 +172,7 @@ def test_launch_teacher_relays_epochs_and_returns_the_result(dataset, tmp_path):
     assert "loss" in seen[0][2] and [h["epoch"] for h in result.history] == [1, 2]
 
 
+@pytest.mark.slow
 def test_launch_failure_carries_the_ranks_log(tmp_path):
     runtime = RuntimeConfig(device="cpu", processes=2)
     with pytest.raises(RuntimeError, match="failed with exit code") as failure:

@@ -18,6 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # a Prefect test server and real flow runs
+
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
