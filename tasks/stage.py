@@ -185,6 +185,7 @@ def stage_task(stage: str, fields: tuple[str, ...], **task_options: Any):
             return _run_stage(stage, fields, body, config, upstream, parent_run_id, label)
 
         run.__name__, run.__qualname__, run.__doc__ = stage, stage, body.__doc__
+        run.stage_fields, run.stage_body = fields, body  # for tests of the key's coverage
         return task(
             name=stage,
             task_run_name="{label}",
