@@ -222,6 +222,8 @@ def test_two_nodes_over_c10d_rendezvous_train_like_one_process(dataset, tmp_path
         results = [node.result(timeout=240) for node in nodes]
     assert {r.checkpoint_path for r in results} == {out / "teacher.pt"}
     two, meta = load_model(out / "teacher.pt")
-    assert len(meta["history"]) == 2 and list(out.glob("teacher_launch-*.log"))  # per host+pid
+    assert len(meta["history"]) == 2
+    (log,) = out.glob("teacher_launch-*.log")  # per host and pid (both threads share them)
+    assert "--rdzv-backend=c10d" in log.read_text().splitlines()[0]  # how other nodes join
     for name, tensor in _weights(reference.checkpoint_path).items():
         torch.testing.assert_close(two.state_dict()[name], tensor, rtol=1e-4, atol=1e-5, msg=name)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -58,19 +59,19 @@ def _launch(
         else f"{stage}_launch-{socket.gethostname()}-{os.getpid()}.log"  # nodes share out_dir
     )
     checkpoint = None
-    with (
-        log.open("w") as stderr,
-        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True) as process,
-    ):
-        for line in process.stdout:
-            if not line.startswith("{"):
-                continue
-            record = json.loads(line)
-            if "checkpoint" in record:
-                checkpoint = Path(record["checkpoint"])
-            elif on_epoch is not None:
-                epoch, total = record.pop("epoch"), record.pop("epochs")
-                on_epoch(epoch, total, record)
+    with log.open("w") as stderr:
+        stderr.write(f"$ {shlex.join(command)}\n")  # what other nodes run to join (nnodes > 1)
+        stderr.flush()
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True) as process:
+            for line in process.stdout:
+                if not line.startswith("{"):
+                    continue
+                record = json.loads(line)
+                if "checkpoint" in record:
+                    checkpoint = Path(record["checkpoint"])
+                elif on_epoch is not None:
+                    epoch, total = record.pop("epoch"), record.pop("epochs")
+                    on_epoch(epoch, total, record)
     if process.returncode != 0:
         raise RuntimeError(
             f"{stage} training under torchrun ({runtime.nnodes} x {runtime.processes} "
