@@ -4,6 +4,8 @@ The parent run carries the Prefect flow run id as a tag (`prefect.flow_run_id`),
 retried flow run (same id) finds and reuses it. Each stage adds a child run
 (`mlflow.parentRunId`); a stage that came from the cache gets a child that copies the
 original run's params and metric histories and points to it (`slade.source_run_id`).
+Runs a crashed or cancelled flow run left RUNNING are ended by `end_flow_run` (called from
+the flow state hooks) and, when the flow run is retried, by `start_parent_run`.
 """
 
 from __future__ import annotations
