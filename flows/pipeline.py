@@ -13,30 +13,24 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.client.orchestration import get_client
-from prefect.deployments import run_deployment
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import TerminationSignal
 from prefect.runtime import flow_run
 
+from flows.hooks import HOOKS
+from flows.pools import STAGE_FLOW, check_deployed, run_on_pool
 from slade_core.config import PipelineConfig
 from slade_core.experiment import load_experiment
 from tasks.cluster import cluster_task
-from tasks.common import (
-    StageResult,
-    adopt_cached,
-    finish_run,
-    git_commit,
-    log_metrics,
-    mlflow_client,
-    start_parent_run,
-)
 from tasks.evaluate import evaluate_task
 from tasks.extract_embeddings import extract_embeddings_task
 from tasks.prepare_data import prepare_data_task
+from tasks.provenance import git_commit
+from tasks.stage import StageResult
+from tasks.tracking import adopt_cached, finish_run, log_metrics, mlflow_client, start_parent_run
 from tasks.train_student import train_student_task
 from tasks.train_teacher import train_teacher_task
 
-STAGE_FLOW = "slade-stage"
+POOL_TIMEOUT = 60.0
 STAGES = {
     "prepare_data": prepare_data_task,
     "train_teacher": train_teacher_task,
@@ -48,71 +42,67 @@ STAGES = {
 TRAINING_STAGES = ("train_teacher", "train_student")
 
 
-def _check_pool(training_pool: str | None) -> None:
-    """Fail before any stage when the routing target is not deployed."""
-    if training_pool is None:
-        return
-    name = f"{STAGE_FLOW}/{training_pool}"
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_deployment_by_name(name)
-        except ObjectNotFound:
-            raise ValueError(
-                f"training_pool={training_pool!r}: no deployment {name!r}; deploy prefect.yaml "
-                f"(`make deploy`) or leave training_pool empty to train in this process"
-            ) from None
-
-
 class _Stages:
     """Runs stages for one pipeline run: in process, or routed to the training pool."""
 
-    def __init__(self, config: PipelineConfig, parent_run_id: str, training_pool: str | None):
-        self.config, self.parent, self.pool = config, parent_run_id, training_pool
+    def __init__(
+        self,
+        config: PipelineConfig,
+        parent_run_id: str,
+        training_pool: str | None,
+        pool_timeout: float | None,
+    ):
+        self.config, self.parent = config, parent_run_id
+        self.pool, self.pool_timeout = training_pool, pool_timeout
 
     def __call__(self, stage: str, upstream: dict[str, StageResult], label: str) -> StageResult:
         if self.pool and stage in TRAINING_STAGES:
-            child = run_deployment(
-                f"{STAGE_FLOW}/{self.pool}",
-                parameters={
+            child = run_on_pool(
+                self.pool,
+                {
                     "stage": stage,
                     "config": self.config.model_dump(mode="json"),
                     "upstream": upstream,
                     "parent_run_id": self.parent,
                     "label": label,
                 },
-                flow_run_name=label,
+                label,
+                self.pool_timeout,
             )
-            if not child.state or not child.state.is_completed():
-                state = child.state.name if child.state else "unknown"
+            if not child.state.is_completed():
                 raise RuntimeError(
-                    f"{label} on work pool {self.pool!r} ended {state}: "
-                    f"{child.state.message if child.state else ''} (flow run {child.id})"
+                    f"{label} on work pool {self.pool!r} ended {child.state.name}: "
+                    f"{child.state.message or ''} (flow run {child.id})"
                 )
             result = child.state.result()
         else:
             result = STAGES[stage](self.config, upstream, self.parent, label)
-        adopt_cached(result, self.parent, label)
+        adopt_cached(result["run_id"], self.parent, label)
         return result
 
 
-@flow(name="slade", log_prints=True)
+@flow(name="slade", log_prints=True, **HOOKS)
 def slade(
     preset: str = "quickstart",
     overrides: dict[str, Any] | None = None,
     training_pool: str | None = None,
+    pool_timeout: float | None = POOL_TIMEOUT,
 ) -> dict[str, Any]:
     """Run the SLADE pipeline on a preset (`data_manifests/presets/<preset>.yaml`).
 
     overrides: any config field, nested or dotted ({"teacher.optim.epochs": 3}).
     training_pool: run the training stages on this work pool (deployment
     `slade-stage/<pool>`); None trains in this process.
+    pool_timeout: seconds a training stage may wait without any worker of the pool online
+    before it fails (naming the pool and the command that starts a worker); None waits.
     """
     config = load_experiment(preset, overrides)
-    _check_pool(training_pool)
+    if training_pool is not None:
+        check_deployed(training_pool)
     parent = start_parent_run(config, str(flow_run.get_id()), git_commit())
-    ok = False
+    status = "FAILED"
     try:
-        stage = _Stages(config, parent, training_pool)
+        stage = _Stages(config, parent, training_pool, pool_timeout)
         data = stage("prepare_data", {}, "prepare_data")
         teacher = current = stage("train_teacher", {"data": data}, "train_teacher")
         models = {"teacher": teacher}
@@ -133,14 +123,17 @@ def slade(
         evaluation = stage("evaluate", {"data": data, **models}, "evaluate")
         metrics = evaluation["summary"]
         log_metrics(mlflow_client(), parent, metrics)
-        ok = True
+        status = "FINISHED"
+    except TerminationSignal:  # SIGTERM: the run was cancelled or its machine stopped
+        status = "KILLED"
+        raise
     finally:
-        finish_run(parent, ok)
+        finish_run(parent, status)
     get_run_logger().info("metrics: %s", metrics)
     return {"mlflow_run_id": parent, "metrics": metrics, "evaluate_dir": evaluation["dir"]}
 
 
-@flow(name=STAGE_FLOW, persist_result=True)
+@flow(name=STAGE_FLOW, persist_result=True, **HOOKS)
 def slade_stage(
     stage: str,
     config: dict[str, Any],

@@ -91,10 +91,14 @@ class RuntimeConfig(StrictModel):
     """Where and how to run: device, precision, loader workers, reproducibility.
 
     processes > 1 trains under torchrun with DDP, one process per GPU (gloo on CPU).
+    nnodes > 1 spreads it over that many machines, each running `processes` processes and
+    meeting at rdzv_endpoint (host:port of one of them, c10d rendezvous).
     """
 
     device: str = "auto"
     processes: int = Field(1, ge=1)
+    nnodes: int = Field(1, ge=1)
+    rdzv_endpoint: str | None = Field(None, pattern=r"^[^:\s]+:\d+$")
     amp: bool = True
     channels_last: bool = True
     num_workers: int = Field(0, ge=0)

@@ -1,1 +1,1 @@
-"""Prefect tasks: one thin wrapper per pipeline stage over slade_core (see tasks.common)."""
+"""Prefect tasks: one thin wrapper per pipeline stage over slade_core (see tasks.stage)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from slade_core.clustering import make_pseudo_labels
 from slade_core.io import write_json
-from tasks.common import StageContext, stage_task
+from tasks.stage import StageContext, stage_task
 
 
 @stage_task("cluster", ("cluster",))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect.artifacts import create_table_artifact
 
 from slade_core.evaluate import evaluate
-from tasks.common import StageContext, stage_task
+from tasks.stage import StageContext, stage_task
 
 METRIC_NAMES = ("map_at_r", "r_precision", "precision_at_1", "recall_at_1")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from slade_core.embeddings import extract_embeddings
-from tasks.common import StageContext, stage_task
+from tasks.stage import StageContext, stage_task
 
 SPLITS = ("unlabeled",)
 

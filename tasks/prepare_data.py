@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from slade_core.data.prepare import prepare_data
-from tasks.common import StageContext, stage_task
+from tasks.stage import StageContext, stage_task
 
 
 def downloads_dir() -> Path:

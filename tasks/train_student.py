@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from slade_core.training import launch_student, train_student
-from tasks.common import StageContext, stage_task
+from slade_core.training import launch_student, needs_torchrun, train_student
+from tasks.stage import StageContext, stage_task
 
 
 @stage_task("train_student", ("model", "runtime", "student"))
 def train_student_task(ctx: StageContext, config, upstream) -> dict[str, float]:
     """Fit the student from the teacher's pseudo labels; per-epoch metrics as for the teacher."""
     teacher = upstream["teacher"]
-    train = train_student if config.runtime.processes == 1 else launch_student
+    train = launch_student if needs_torchrun(config.runtime) else train_student
     result = train(
         ctx.input(upstream["data"], "index.parquet"),
         ctx.input(upstream["pseudo_labels"], "pseudo_labels.parquet"),

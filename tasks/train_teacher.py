@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from slade_core.training import launch_teacher, train_teacher
-from tasks.common import StageContext, stage_task
+from slade_core.training import launch_teacher, needs_torchrun, train_teacher
+from tasks.stage import StageContext, stage_task
 
 
 @stage_task("train_teacher", ("model", "runtime", "teacher"))
 def train_teacher_task(ctx: StageContext, config, upstream) -> dict[str, float]:
     """Fit the teacher; per-epoch metrics go to MLflow and a Prefect progress bar."""
-    train = train_teacher if config.runtime.processes == 1 else launch_teacher
+    train = launch_teacher if needs_torchrun(config.runtime) else train_teacher
     result = train(
         ctx.input(upstream["data"], "index.parquet"),
         config.model,

@@ -12,15 +12,19 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-pytestmark = pytest.mark.slow
+# services start in ~30-60 s and the deployed run takes ~60 s on 2 shared cores
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -141,3 +145,186 @@ def test_report_prints_metrics_and_ui_addresses(deployed_run):
     assert f"http://127.0.0.1:{env['SLADE_PREFECT_PORT']}" in out
     assert f"http://127.0.0.1:{env['SLADE_MLFLOW_PORT']}" in out
     assert "Prefect + MLflow" in out
+
+
+# ----------------------------------------------------------------------------- failures
+
+
+def _api(env) -> str:
+    return f"http://127.0.0.1:{env['SLADE_PREFECT_PORT']}/api"
+
+
+def _start(env, params: dict, *extra: str) -> str:
+    """`prefect deployment run slade/full-pipeline` without waiting; the flow run id."""
+    args = " ".join(f"--param {k}={json.dumps(json.dumps(v))}" for k, v in params.items())
+    out = _sh(f"prefect deployment run slade/full-pipeline {args} {' '.join(extra)}", env, 120)
+    return re.search(r"UUID: ([0-9a-f-]{36})", out.stdout).group(1)
+
+
+def _wait_for(what: str, check, timeout: float = 300):
+    """Poll `check()` until it returns something truthy (a generous bound, not a timing)."""
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(1)
+    return value
+
+
+def _state(env, flow_run_id: str) -> dict:
+    return httpx.get(f"{_api(env)}/flow_runs/{flow_run_id}").json()["state"]
+
+
+def _final_state(env, flow_run_id: str, timeout: float = 300) -> dict:
+    final = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
+    return _wait_for(
+        f"flow run {flow_run_id} to end",
+        lambda: (s := _state(env, flow_run_id)) and s["type"] in final and s,
+        timeout,
+    )
+
+
+def _children(env, flow_run_id: str) -> list[dict]:
+    body = {"flow_runs": {"parent_flow_run_id": {"any_": [flow_run_id]}}}
+    return httpx.post(f"{_api(env)}/flow_runs/filter", json=body).json()
+
+
+def _mlflow_runs(env, flow_run_id: str | None = None):
+    """(pipeline parent run, all runs of the experiment or of that pipeline run)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"http://127.0.0.1:{env['SLADE_MLFLOW_PORT']}")
+    exp = client.get_experiment_by_name("slade").experiment_id
+    if flow_run_id is None:
+        return client, None, client.search_runs([exp])
+    (parent,) = client.search_runs(
+        [exp],
+        filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}' "
+        "and tags.`slade.kind` = 'pipeline'",
+    )
+    children = client.search_runs(
+        [exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
+    return client, parent, children
+
+
+def _flow_run_processes(flow_run_id: str) -> list[int]:
+    """Our processes running that flow run (the worker sets PREFECT__FLOW_RUN_ID for it)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode() in environ:
+            found.append(int(proc.name))
+    return found
+
+
+def test_sigkill_mid_training_then_retry_resumes_and_leaves_nothing_running(
+    deployed_run, tiny_preset
+):
+    env, _, _ = deployed_run
+    preset, overrides = tiny_preset
+    overrides = {**overrides, "teacher.optim.epochs": 3}  # a new teacher; the same data
+    flow_run_id = _start(
+        env,
+        {"preset": preset, "overrides": overrides},
+        "--job-variable",
+        shlex.quote('env={"SLADE_HANG_ONCE": "train_teacher"}'),
+    )
+    # the teacher reports epoch 1 (its resume checkpoint is written), then hangs
+    client = _wait_for("the teacher's first epoch", lambda: _teacher_epoch_logged(env, flow_run_id))
+    pids = _wait_for("the flow run process", lambda: _flow_run_processes(flow_run_id))
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    assert _final_state(env, flow_run_id)["type"] == "CRASHED"
+    # the worker ran the on_crashed hook: nothing is left RUNNING in MLflow
+    _, parent, children = _wait_for(
+        "the crash hook",
+        lambda: (runs := _mlflow_runs(env, flow_run_id))[1].info.status != "RUNNING" and runs,
+        timeout=120,
+    )
+    assert parent.info.status == "FAILED" and "Crashed" in parent.data.tags["slade.end_reason"]
+    teacher_runs = [c for c in children if c.data.tags["slade.stage"] == "train_teacher"]
+    assert [c.info.status for c in teacher_runs] == ["FAILED"]
+
+    # The runner reports the crash, runs the hook, then the worker reports it once more: a
+    # retry scheduled in between would be overwritten by that second report (Prefect 3.9).
+    _wait_for("the worker to finish the crashed run", lambda: _worker_done(env, flow_run_id))
+    _sh(f"prefect flow-run retry {flow_run_id}", env, timeout=120)
+    state = _final_state(env, flow_run_id)
+    assert state["type"] == "COMPLETED", state
+    body = {"flow_runs": {"id": {"any_": [flow_run_id]}}}
+    task_runs = httpx.post(f"{_api(env)}/task_runs/filter", json=body).json()
+    last = {t["name"]: t["state"]["name"] for t in sorted(task_runs, key=lambda t: t["created"])}
+    assert last["prepare_data"] == "Cached"
+    assert last["train_teacher"] == "Completed"
+    _, parent, children = _mlflow_runs(env, flow_run_id)
+    assert parent.info.status == "FINISHED"
+    teacher_runs = sorted(
+        (c for c in children if c.data.tags["slade.stage"] == "train_teacher"),
+        key=lambda c: c.info.start_time,
+    )
+    assert [c.info.status for c in teacher_runs] == ["FAILED", "FINISHED"]
+    steps = [m.step for m in client.get_metric_history(teacher_runs[-1].info.run_id, "loss")]
+    assert steps == [2, 3]  # resumed after epoch 1 from the partial directory's checkpoint
+    _, _, everything = _mlflow_runs(env)
+    assert "RUNNING" not in {r.info.status for r in everything}
+
+
+def _worker_done(env, flow_run_id: str) -> bool:
+    """The worker's event for a flow run whose process it has finished with."""
+    body = {
+        "filter": {
+            "event": {"name": ["prefect.worker.executed-flow-run"]},
+            "any_resource": {"id": [f"prefect.flow-run.{flow_run_id}"]},
+        }
+    }
+    return bool(httpx.post(f"{_api(env)}/events/filter", json=body).json()["events"])
+
+
+def _teacher_epoch_logged(env, flow_run_id: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client, _, children = _mlflow_runs(env, flow_run_id)
+    except (ValueError, MlflowException):  # no parent run yet
+        return None
+    running = [
+        c
+        for c in children
+        if c.data.tags.get("slade.stage") == "train_teacher" and c.info.status == "RUNNING"
+    ]
+    logged = any(client.get_metric_history(c.info.run_id, "loss") for c in running)
+    return client if logged else None
+
+
+def test_gpu_pool_without_worker_fails_in_bounded_time_naming_the_command(
+    deployed_run, tiny_preset
+):
+    env, _, _ = deployed_run
+    preset, overrides = tiny_preset
+    params = {"preset": preset, "overrides": overrides, "training_pool": "gpu-pool"}
+    flow_run_id = _start(env, params | {"pool_timeout": 5})
+    state = _final_state(env, flow_run_id, timeout=240)
+    assert state["type"] == "FAILED"
+    assert "`prefect worker start --pool gpu-pool`" in state["message"]
+    assert [c["state"]["type"] for c in _children(env, flow_run_id)] == ["CANCELLED"]
+
+
+def test_cancelling_a_run_kills_its_mlflow_runs_and_its_pool_stage(deployed_run, tiny_preset):
+    env, _, _ = deployed_run
+    preset, overrides = tiny_preset
+    params = {"preset": preset, "overrides": overrides, "training_pool": "gpu-pool"}
+    flow_run_id = _start(env, params | {"pool_timeout": None})
+    # waits forever for a gpu-pool worker: its train_teacher child stays Scheduled
+    _wait_for("the gpu-pool stage flow run", lambda: _children(env, flow_run_id))
+    _sh(f"prefect flow-run cancel {flow_run_id}", env, timeout=120)
+    assert _final_state(env, flow_run_id)["type"] == "CANCELLED"
+    _, parent, _ = _wait_for(
+        "the cancellation hook",
+        lambda: (runs := _mlflow_runs(env, flow_run_id))[1].info.status != "RUNNING" and runs,
+        timeout=120,
+    )
+    assert parent.info.status == "KILLED"
+    assert [c["state"]["type"] for c in _children(env, flow_run_id)] == ["CANCELLED"]

@@ -2,8 +2,10 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -19,6 +21,7 @@ from slade_core.samplers import MPerClassBatchSampler
 from slade_core.training import launch_teacher, train_teacher
 from slade_core.training.__main__ import main
 from slade_core.training.distributed import Distributed
+from slade_core.training.launch import torchrun_command
 from slade_core.training.loop import RESUME_FILE
 
 COLOURS = [(230, 30, 30), (30, 200, 30), (30, 30, 230), (230, 230, 30), (30, 230, 230),
@@ -106,6 +109,7 @@ def test_sharded_slices_rebuild_each_global_batch():
         Distributed(0, 3).shard(sampler, 8)
 
 
+@pytest.mark.slow
 def test_teacher_under_torchrun_matches_single_process(dataset, tmp_path):
     index = dataset / "index.parquet"
     reference = train_teacher(index, MODEL, TEACHER, _runtime(tmp_path / "c1"), tmp_path / "ref")
@@ -133,6 +137,7 @@ def test_teacher_under_torchrun_matches_single_process(dataset, tmp_path):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_student_under_torchrun(dataset, tmp_path):
     """Two ranks through basis warm-up, mining and the basis regulariser."""
     teacher = save_checkpoint(create_model(MODEL), tmp_path / "teacher.pt", {"stage": "teacher"})
@@ -155,6 +160,7 @@ def test_bad_config_fails_with_nonzero_exit(tmp_path, capsys):
     assert exit_.value.code == 2 and "unknown sections ['teachr']" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_launch_teacher_relays_epochs_and_returns_the_result(dataset, tmp_path):
     """The stage-facing launcher: same result shape as train_teacher, epochs relayed."""
     seen = []
@@ -169,8 +175,55 @@ def test_launch_teacher_relays_epochs_and_returns_the_result(dataset, tmp_path):
     assert "loss" in seen[0][2] and [h["epoch"] for h in result.history] == [1, 2]
 
 
+@pytest.mark.slow
 def test_launch_failure_carries_the_ranks_log(tmp_path):
     runtime = RuntimeConfig(device="cpu", processes=2)
     with pytest.raises(RuntimeError, match="failed with exit code") as failure:
         launch_teacher(tmp_path / "missing.parquet", MODEL, TEACHER, runtime, tmp_path / "out")
     assert "missing.parquet" in str(failure.value)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_one_node_is_standalone_and_several_meet_at_the_rendezvous(tmp_path):
+    config = _config(tmp_path / "config.json", tmp_path / "c")
+    one = torchrun_command("teacher", ["--index", "i"], RuntimeConfig(), config, tmp_path)
+    assert "--standalone" in one and not any(a.startswith("--nnodes") for a in one)
+    runtime = RuntimeConfig(nnodes=2, processes=4, rdzv_endpoint="10.0.0.1:29400")
+    two = torchrun_command("teacher", ["--index", "i"], runtime, config, tmp_path)
+    assert "--standalone" not in two
+    assert {"--nnodes=2", "--rdzv-backend=c10d", "--rdzv-endpoint=10.0.0.1:29400"} <= set(two)
+    assert "--nproc_per_node=4" in two
+    (run_id,) = [a for a in two if a.startswith("--rdzv-id=slade-teacher-")]
+    # the same on every node (derived from the inputs, not the machine), another per input
+    assert run_id in torchrun_command("teacher", ["--index", "i"], runtime, config, tmp_path)
+    assert run_id not in torchrun_command("teacher", ["--index", "j"], runtime, config, tmp_path)
+    with pytest.raises(ValueError, match="runtime.rdzv_endpoint"):
+        torchrun_command("teacher", [], RuntimeConfig(nnodes=2), config, tmp_path)
+    with pytest.raises(ValueError, match="rdzv_endpoint"):
+        RuntimeConfig(rdzv_endpoint="no-port")
+
+
+@pytest.mark.slow
+def test_two_nodes_over_c10d_rendezvous_train_like_one_process(dataset, tmp_path):
+    """Two torchrun agents on 127.0.0.1 (one process each, gloo) sharing one output dir."""
+    index = dataset / "index.parquet"
+    reference = train_teacher(index, MODEL, TEACHER, _runtime(tmp_path / "c1"), tmp_path / "ref")
+    runtime = _runtime(tmp_path / "c2").model_copy(
+        update={"nnodes": 2, "rdzv_endpoint": f"127.0.0.1:{_free_port()}"}
+    )
+    out = tmp_path / "shared"
+    with ThreadPoolExecutor(2) as pool:
+        nodes = [pool.submit(launch_teacher, index, MODEL, TEACHER, runtime, out) for _ in "ab"]
+        results = [node.result(timeout=240) for node in nodes]
+    assert {r.checkpoint_path for r in results} == {out / "teacher.pt"}
+    two, meta = load_model(out / "teacher.pt")
+    assert len(meta["history"]) == 2
+    (log,) = out.glob("teacher_launch-*.log")  # per host and pid (both threads share them)
+    assert "--rdzv-backend=c10d" in log.read_text().splitlines()[0]  # how other nodes join
+    for name, tensor in _weights(reference.checkpoint_path).items():
+        torch.testing.assert_close(two.state_dict()[name], tensor, rtol=1e-4, atol=1e-5, msg=name)

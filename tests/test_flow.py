@@ -1,13 +1,15 @@
 """The `slade` flow end to end on a tiny generated dataset under a Prefect test server.
 
 One module-scoped scenario runs the real stages once: the student stage fails once (test
-fault hook), the flow run is retried the way `prefect flow-run retry` does it, and a
-second flow run with identical inputs follows. The tests then assert on what it left:
-stage artifacts and their schemas, MLflow parent/child runs, Cached task states.
+fault hook), the flow run is retried the way `prefect flow-run retry` does it, a second
+flow run with identical inputs follows, then one with another `cluster.k` and one with
+two self-training rounds. The tests then assert on what it left: stage artifacts and
+their schemas, MLflow parent/child runs, Cached task states.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -15,6 +17,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
+
+pytestmark = pytest.mark.slow  # a Prefect test server and real flow runs
 
 
 @pytest.fixture(scope="module")
@@ -76,10 +80,16 @@ def scenario(prefect_server, stores, tiny_preset):
     retried = _retry(flow_run_id)
     after_retry = _mtimes(stores / "runs")
     again = slade(preset=preset, overrides=overrides, return_state=True)
+    other_k = copy.deepcopy(overrides)
+    other_k["cluster"]["k"] = 5
+    k_changed = slade(preset=preset, overrides=other_k, return_state=True)
+    two_rounds = slade(preset=preset, overrides={**overrides, "rounds": 2}, return_state=True)
     return {
         "failed": failed,
         "retried": retried,
         "again": again,
+        "k_changed": k_changed,
+        "two_rounds": two_rounds,
         "flow_run_id": flow_run_id,
         "before_retry": before_retry,
         "after_retry": after_retry,
@@ -116,6 +126,50 @@ def test_identical_inputs_reuse_every_stage(scenario):
         ALL_STAGES, "Cached"
     )
     assert scenario["again"].result()["metrics"] == scenario["retried"].result()["metrics"]
+
+
+def _states(state) -> dict[str, str]:
+    """Final Prefect state name of each task run (by label) of a flow run."""
+    runs = _task_runs(state.state_details.flow_run_id)
+    return {label: attempts[-1].state.name for label, attempts in runs.items()}
+
+
+def test_changing_cluster_k_reruns_exactly_cluster_and_the_stages_after_it(scenario):
+    assert scenario["k_changed"].is_completed(), scenario["k_changed"].message
+    assert _states(scenario["k_changed"]) == {
+        "prepare_data": "Cached",
+        "train_teacher": "Cached",
+        "extract_embeddings": "Cached",
+        "cluster": "Completed",
+        "train_student": "Completed",
+        "evaluate": "Completed",
+    }
+
+
+def test_two_rounds_make_the_first_student_the_second_teacher(scenario):
+    state = scenario["two_rounds"]
+    assert state.is_completed(), state.message
+    # round 1 is the single-round run's work (same keys); round 2 and evaluate are new
+    assert _states(state) == {
+        "prepare_data": "Cached",
+        "train_teacher": "Cached",
+        "extract_embeddings-round1": "Cached",
+        "cluster-round1": "Cached",
+        "train_student-round1": "Cached",
+        "extract_embeddings-round2": "Completed",
+        "cluster-round2": "Completed",
+        "train_student-round2": "Completed",
+        "evaluate": "Completed",
+    }
+    metrics = json.loads((Path(state.result()["evaluate_dir"]) / "metrics.json").read_text())
+    assert set(metrics["models"]) == {"teacher", "student_round1", "student"}
+    client, exp = _mlflow()
+    children = client.search_runs(
+        [exp], filter_string=f"tags.`mlflow.parentRunId` = '{state.result()['mlflow_run_id']}'"
+    )
+    by_label = {c.data.tags["slade.label"]: c for c in children}
+    round1 = by_label["train_student-round1"].data.tags["slade.source_run_id"]
+    assert by_label["extract_embeddings-round2"].data.params["upstream.teacher"] == round1
 
 
 def _stage_dir(scenario, stage: str) -> Path:
@@ -204,6 +258,12 @@ def test_reused_stages_appear_as_cached_children_of_the_new_run(scenario):
     assert sorted(c.data.tags["slade.stage"] for c in children) == sorted(ALL_STAGES)
     assert all(c.data.tags["slade.cached"] == "true" for c in children)
     assert all(c.data.tags["slade.source_run_id"] for c in children)
+    # a cached training stage keeps the original per-epoch curve, steps included
+    (teacher,) = [c for c in children if c.data.tags["slade.stage"] == "train_teacher"]
+    source = teacher.data.tags["slade.source_run_id"]
+    curve = [(m.step, m.value) for m in client.get_metric_history(teacher.info.run_id, "loss")]
+    assert curve == [(m.step, m.value) for m in client.get_metric_history(source, "loss")]
+    assert [step for step, _ in curve] == [1, 2]
 
 
 def test_prefect_artifacts_show_metrics_and_progress(scenario):
@@ -243,3 +303,72 @@ def test_unknown_training_pool_fails_before_any_stage(prefect_server, stores):
     state = slade(preset="quickstart", training_pool="tpu-pool", return_state=True)
     assert state.is_failed() and "training_pool='tpu-pool'" in state.message
     assert _task_runs(state.state_details.flow_run_id) == {}
+
+
+def _stage_deployment(pool: str) -> None:
+    """Work pool `pool` (no worker) and the deployment slade-stage/<pool>, as `make deploy`."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name=pool, type="process"), overwrite=True)
+        client.create_deployment(
+            flow_id=client.create_flow_from_name("slade-stage"),
+            name=pool,
+            work_pool_name=pool,
+            entrypoint="flows/pipeline.py:slade_stage",
+        )
+
+
+def test_pool_is_ready_only_with_a_recent_worker_heartbeat_and_not_paused(prefect_server):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolUpdate
+
+    from flows.pools import pool_ready
+
+    _stage_deployment("heartbeat-pool")
+    with get_client(sync_client=True) as client:
+        assert not pool_ready(client, "heartbeat-pool")
+        client.send_worker_heartbeat("heartbeat-pool", "w1", heartbeat_interval_seconds=30)
+        assert pool_ready(client, "heartbeat-pool")
+        client.update_work_pool("heartbeat-pool", WorkPoolUpdate(is_paused=True))
+        assert not pool_ready(client, "heartbeat-pool")
+
+
+def test_training_pool_without_a_worker_fails_in_bounded_time_saying_what_to_start(
+    prefect_server, stores, tiny_preset
+):
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    from flows.pipeline import slade
+
+    _stage_deployment("empty-pool")
+    preset, overrides = tiny_preset
+    started = time.monotonic()
+    state = slade(
+        preset=preset,
+        overrides=overrides,
+        training_pool="empty-pool",
+        pool_timeout=3,
+        return_state=True,
+    )
+    assert time.monotonic() - started < 120  # generous: the default would be 60 s
+    assert state.is_failed()
+    assert "work pool 'empty-pool'" in state.message
+    assert "`prefect worker start --pool empty-pool`" in state.message
+    flow_run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        (child,) = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])
+            )
+        )
+    assert child.name == "train_teacher" and child.state.is_cancelled()  # not left Scheduled
+    client, exp = _mlflow()
+    runs = client.search_runs([exp], filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}'")
+    (parent,) = [r for r in runs if r.data.tags.get("slade.kind") == "pipeline"]
+    assert parent.info.status == "FAILED"
+    assert "RUNNING" not in {r.info.status for r in runs}

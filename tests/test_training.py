@@ -218,6 +218,8 @@ def test_student_runs_for_each_ablation(
     else:
         assert not STATS & set(last) and last["loss_ce"] == 0
         assert last["mined_pos"] > 0 and last["mined_neg"] > 0  # every pseudo-label pair
+    if use_mining:  # the basis-similarity miner found pairs for L_rank(D_u)
+        assert last["mined_pos"] > 0 and last["mined_neg"] > 0, last
     model, meta = load_model(result.checkpoint_path)
     assert meta["stage"] == "student" and meta["clusters"] == 5 and meta["labeled_classes"] == 5
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 16)

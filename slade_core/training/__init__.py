@@ -4,9 +4,16 @@
 `runtime.processes` processes (DDP).
 """
 
-from slade_core.training.launch import launch_student, launch_teacher
+from slade_core.training.launch import launch_student, launch_teacher, needs_torchrun
 from slade_core.training.loop import TrainResult
 from slade_core.training.student import train_student
 from slade_core.training.teacher import train_teacher
 
-__all__ = ["TrainResult", "launch_student", "launch_teacher", "train_student", "train_teacher"]
+__all__ = [
+    "TrainResult",
+    "launch_student",
+    "launch_teacher",
+    "needs_torchrun",
+    "train_student",
+    "train_teacher",
+]

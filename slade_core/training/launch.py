@@ -2,7 +2,10 @@
 
 `launch_teacher` / `launch_student` take the same arguments as `train_teacher` /
 `train_student` and return the same `TrainResult`, so a caller (the Prefect stage) picks one
-or the other by `runtime.processes`. They start `python -m slade_core.training` under
+or the other by `needs_torchrun(runtime)`. With `runtime.nnodes > 1` each machine calls
+the launcher with the same inputs and config; torchrun's c10d rendezvous at
+`runtime.rdzv_endpoint` joins them, and the node that gets rank 0 writes the outputs into
+the (shared) output directory. They start `python -m slade_core.training` under
 torchrun, relay its per-epoch JSON lines to `on_epoch`, and turn a failed run into an error
 carrying the end of the ranks' stderr (kept in `out_dir/<stage>_launch.log`). A killed
 launch resumes like an in-process run: rank 0 keeps `resume.pt` in `out_dir`.
@@ -13,13 +16,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
+import socket
 import subprocess
 import sys
 from collections import deque
 from pathlib import Path
 
 from slade_core.config import ModelConfig, RuntimeConfig, StudentConfig, TeacherConfig
-from slade_core.io import write_json
+from slade_core.io import stable_hash, write_json
 from slade_core.training.loop import EpochCallback, TrainResult
 
 _RAISED = re.compile(r"\[rank\d+\]: [\w.]*(Error|Exception|Interrupt)\b")
@@ -47,33 +52,77 @@ def _launch(
         out_dir / f"{stage}_launch.json",
         {name: section.model_dump(mode="json") for name, section in sections.items()},
     )
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone",
+    command = torchrun_command(stage, arguments, runtime, config, out_dir)
+    log = out_dir / (
+        f"{stage}_launch.log"
+        if runtime.nnodes == 1
+        else f"{stage}_launch-{socket.gethostname()}-{os.getpid()}.log"  # nodes share out_dir
+    )
+    checkpoint = None
+    with log.open("w") as stderr:
+        stderr.write(f"$ {shlex.join(command)}\n")  # what other nodes run to join (nnodes > 1)
+        stderr.flush()
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True) as process:
+            for line in process.stdout:
+                if not line.startswith("{"):
+                    continue
+                record = json.loads(line)
+                if "checkpoint" in record:
+                    checkpoint = Path(record["checkpoint"])
+                elif on_epoch is not None:
+                    epoch, total = record.pop("epoch"), record.pop("epochs")
+                    on_epoch(epoch, total, record)
+    if process.returncode != 0:
+        raise RuntimeError(
+            f"{stage} training under torchrun ({runtime.nnodes} x {runtime.processes} "
+            f"processes) failed with exit code {process.returncode}; full log: {log}\n"
+            f"{_errors(log)}"
+        )
+    if checkpoint is None:  # another node held rank 0 and wrote the outputs
+        checkpoint = out_dir / f"{stage}.pt"
+        if runtime.nnodes == 1 or not checkpoint.is_file():
+            raise RuntimeError(
+                f"{stage} training under torchrun ended without a checkpoint in {out_dir}; "
+                f"with runtime.nnodes > 1 every node must see the same output directory "
+                f"(shared storage for SLADE_RUNS_DIR); full log: {log}"
+            )
+    return TrainResult(checkpoint, json.loads((out_dir / "history.json").read_text()))
+
+
+def needs_torchrun(runtime: RuntimeConfig) -> bool:
+    """More than one process or machine: train through launch_* instead of train_*."""
+    return runtime.processes > 1 or runtime.nnodes > 1
+
+
+def torchrun_command(
+    stage: str, arguments: list[str], runtime: RuntimeConfig, config: Path, out_dir: Path
+) -> list[str]:
+    """torchrun for this node: `--standalone`, or c10d rendezvous when nnodes > 1.
+
+    Every node runs the same command; the rendezvous id is derived from the stage, its
+    inputs and its config, so the nodes of one stage meet and other stages do not.
+    """
+    if runtime.nnodes == 1:
+        nodes = ["--standalone"]
+    elif runtime.rdzv_endpoint is None:
+        raise ValueError(
+            f"runtime.nnodes={runtime.nnodes} needs runtime.rdzv_endpoint: host:port of one "
+            f"of the machines that all of them reach (e.g. the first node's address:29400)"
+        )
+    else:
+        run_id = stable_hash(
+            {"stage": stage, "arguments": arguments, "config": json.loads(config.read_text())}
+        )
+        nodes = [
+            f"--nnodes={runtime.nnodes}", "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={runtime.rdzv_endpoint}", f"--rdzv-id=slade-{stage}-{run_id}",
+        ]  # fmt: skip
+    return [
+        sys.executable, "-m", "torch.distributed.run", *nodes,
         f"--nproc_per_node={runtime.processes}",
         "-m", "slade_core.training", stage, *arguments,
         "--config", str(config), "--out", str(out_dir),
     ]  # fmt: skip
-    log = out_dir / f"{stage}_launch.log"
-    checkpoint = None
-    with (
-        log.open("w") as stderr,
-        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True) as process,
-    ):
-        for line in process.stdout:
-            if not line.startswith("{"):
-                continue
-            record = json.loads(line)
-            if "checkpoint" in record:
-                checkpoint = Path(record["checkpoint"])
-            elif on_epoch is not None:
-                epoch, total = record.pop("epoch"), record.pop("epochs")
-                on_epoch(epoch, total, record)
-    if process.returncode != 0 or checkpoint is None:
-        raise RuntimeError(
-            f"{stage} training under torchrun ({runtime.processes} processes) failed with exit "
-            f"code {process.returncode}; full log: {log}\n{_errors(log)}"
-        )
-    return TrainResult(checkpoint, json.loads((out_dir / "history.json").read_text()))
 
 
 def launch_teacher(

@@ -1,0 +1,23 @@
+"""Where results and tracking data live: the runs root and the MLflow tracking URI."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def runs_root() -> Path:
+    """Root of all stage directories: $SLADE_RUNS_DIR or ./.slade/runs."""
+    return Path(os.environ.get("SLADE_RUNS_DIR", ".slade/runs")).resolve()
+
+
+def tracking_uri() -> str:
+    """$MLFLOW_TRACKING_URI, else a SQLite store under ./.slade/mlflow."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    db = Path(".slade/mlflow/mlflow.db").resolve()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{db}"
