@@ -12,7 +12,8 @@ still differ in head initialisation, sampling order and which cached view each s
 
 Cache key: backbone, a digest of the trunk's actual weights (so a checkpoint, the lite0
 package and timm weights can never be confused, and a trunk that was trained gets a new key),
-image size, normalisation, transform recipe, view and the ordered image ids.
+image size, normalisation, transform recipe, view, the ordered image ids and the image files'
+sizes and modification times (so an image rewritten under the same path is recomputed).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from tqdm.auto import tqdm
 
 from slade_core.config import RuntimeConfig
 from slade_core.images import IndexDataset, build_transform
-from slade_core.io import atomic_path, stable_hash
+from slade_core.io import atomic_path, file_stats_digest, stable_hash
 from slade_core.models import EmbeddingNet, resolve_device
 
 # Bump when build_transform or the view seeding changes, so old cache files are not reused.
@@ -78,6 +79,7 @@ def trunk_feature_file(
             "recipe": _RECIPE,
             "view": view,
             "image_ids": stable_hash(image_ids, length=32),
+            "image_files": file_stats_digest(frame["path"].astype(str)),
         },
         length=24,
     )
@@ -134,7 +136,9 @@ def _compute(
             with (
                 torch.inference_mode(),
                 torch.autocast(device.type, enabled=cuda and runtime.amp),
-                tqdm(total=len(frame), desc=f"trunk features ({label})", unit="img") as bar,
+                tqdm(
+                    total=len(frame), desc=f"trunk features ({label})", unit="img", disable=None
+                ) as bar,
             ):
                 for images, rows in loader:
                     images = images.to(device, non_blocking=True, memory_format=memory_format)
