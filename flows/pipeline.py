@@ -1,5 +1,5 @@
 """The `slade` flow: prepare_data -> train_teacher -> [extract_embeddings -> cluster ->
-train_student] x rounds -> evaluate.
+train_student] x rounds -> evaluate -> publish -> register_model.
 
 Declarative only: which stage follows which, which results each reads, where it runs.
 The config is validated before anything else, so bad parameters fail with the field
@@ -19,6 +19,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
 
 from slade_core.config import PipelineConfig
+from slade_core.evaluate import percent
 from slade_core.experiment import load_experiment
 from tasks.cluster import cluster_task
 from tasks.common import (
@@ -33,6 +34,7 @@ from tasks.common import (
 from tasks.evaluate import evaluate_task
 from tasks.extract_embeddings import extract_embeddings_task
 from tasks.prepare_data import prepare_data_task
+from tasks.publish import publish_task, register_task
 from tasks.train_student import train_student_task
 from tasks.train_teacher import train_teacher_task
 
@@ -44,6 +46,7 @@ STAGES = {
     "cluster": cluster_task,
     "train_student": train_student_task,
     "evaluate": evaluate_task,
+    "publish": publish_task,
 }
 TRAINING_STAGES = ("train_teacher", "train_student")
 
@@ -133,11 +136,34 @@ def slade(
         evaluation = stage("evaluate", {"data": data, **models}, "evaluate")
         metrics = evaluation["summary"]
         log_metrics(mlflow_client(), parent, metrics)
+        published = stage(
+            "publish",
+            {"data": data, "teacher": teacher, "student": current, "evaluate": evaluation},
+            "publish",
+        )
+        registered = register_task(
+            config, {"data": data, "publish": published, "evaluate": evaluation}, parent
+        )
         ok = True
     finally:
         finish_run(parent, ok)
-    get_run_logger().info("metrics: %s", metrics)
-    return {"mlflow_run_id": parent, "metrics": metrics, "evaluate_dir": evaluation["dir"]}
+    logger = get_run_logger()
+    logger.info("metrics (percent): %s", {k: percent(v) for k, v in metrics.items()})
+    logger.info(
+        "registered %s version %s as %s; search it with: slade search IMAGE --model models:/%s@%s",
+        registered["name"],
+        registered["version"],
+        registered["alias"],
+        registered["name"],
+        registered["alias"],
+    )
+    return {
+        "mlflow_run_id": parent,
+        "metrics": metrics,
+        "evaluate_dir": evaluation["dir"],
+        "model": published["student_model"],
+        "registered": registered,
+    }
 
 
 @flow(name=STAGE_FLOW, persist_result=True)

@@ -17,6 +17,8 @@ import time
 from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 
+from slade_core.evaluate import percent
+
 PIPELINE = "tags.`slade.kind` = 'pipeline'"
 
 
@@ -61,10 +63,11 @@ def _metrics_table(metrics: dict[str, float]) -> None:
         print("(no metrics)")
         return
     names = sorted({m for r in rows.values() for m in r})
-    print("\n" + " | ".join(["model".ljust(10), *(n.ljust(14) for n in names)]))
+    print("\nretrieval metrics in percent")
+    print(" | ".join(["model".ljust(10), *(n.ljust(14) for n in names)]))
     print("-" * (13 + 17 * len(names)))
     for model, values in rows.items():
-        cells = (f"{values[n]:.4f}".ljust(14) if n in values else "-".ljust(14) for n in names)
+        cells = (percent(values[n]).ljust(14) if n in values else "-".ljust(14) for n in names)
         print(" | ".join([model.ljust(10), *cells]))
     print()
 

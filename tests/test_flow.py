@@ -88,7 +88,7 @@ def scenario(prefect_server, stores, tiny_preset):
 
 
 STAGES = ["prepare_data", "train_teacher", "extract_embeddings", "cluster"]
-ALL_STAGES = [*STAGES, "train_student", "evaluate"]
+ALL_STAGES = [*STAGES, "train_student", "evaluate", "publish"]
 
 
 def test_first_attempt_fails_at_the_student_stage(scenario):
@@ -102,7 +102,7 @@ def test_retry_reruns_only_the_failed_stage_and_after(scenario):
     runs = _task_runs(scenario["flow_run_id"])
     for stage in STAGES:
         assert runs[stage][-1].state.name == "Cached", stage
-    for stage in ("train_student", "evaluate"):
+    for stage in ("train_student", "evaluate", "publish"):
         assert runs[stage][-1].state.name == "Completed", stage
     # earlier stage outputs untouched by the retry
     for path, mtime in scenario["before_retry"].items():
@@ -186,6 +186,7 @@ def test_mlflow_parent_run_with_one_finished_child_per_stage(scenario):
         "cluster": {"pseudo_labels.parquet"},
         "train_student": {"student.pt", "history.json"},
         "evaluate": {"metrics.json", "report.md"},
+        "publish": {"gallery_student", "gallery_teacher"},
     }
     for stage, names in expected.items():
         run = finished[stage]
@@ -243,3 +244,94 @@ def test_unknown_training_pool_fails_before_any_stage(prefect_server, stores):
     state = slade(preset="quickstart", training_pool="tpu-pool", return_state=True)
     assert state.is_failed() and "training_pool='tpu-pool'" in state.message
     assert _task_runs(state.state_details.flow_run_id) == {}
+
+
+def _registry():
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    versions = client.search_model_versions("name = 'slade-embedder'")
+    return client, {int(v.version): v for v in versions}
+
+
+def test_student_is_registered_champion_then_an_identical_rerun_is_challenger(scenario):
+    client, versions = _registry()
+    first, second = scenario["retried"].result(), scenario["again"].result()
+    assert first["registered"] == {"name": "slade-embedder", "version": "1", "alias": "champion"}
+    assert second["registered"]["alias"] == "challenger"
+    assert sorted(versions) == [1, 2]
+    assert client.get_model_version_by_alias("slade-embedder", "champion").version in (1, "1")
+    assert client.get_model_version_by_alias("slade-embedder", "challenger").version in (2, "2")
+    tags = versions[1].tags
+    assert tags["slade.pipeline_run"] == first["mlflow_run_id"]
+    assert tags["slade.preset"] == "tiny" and tags["slade.code_version"]
+    assert float(tags["slade.test_map_at_r"]) == first["metrics"]["student/map_at_r"]
+    # equal scores do not move the champion
+    assert versions[2].tags["slade.champion_map_at_r"] == tags["slade.test_map_at_r"]
+
+
+def test_logged_model_embeds_raw_images_like_the_pipeline(scenario):
+    import mlflow.pytorch
+    import numpy as np
+
+    from slade_core.embeddings import read_embeddings
+    from slade_core.search import embed_images, image_array
+
+    client, versions = _registry()
+    run = client.get_run(versions[1].run_id)
+    assert run.data.tags["slade.stage"] == "publish"
+    model = client.get_logged_model(scenario["retried"].result()["model"].split("/")[-1])
+    assert model.source_run_id == versions[1].run_id and model.name == "student"
+    embedder = mlflow.pytorch.load_model("models:/slade-embedder@champion")
+    index = pd.read_parquet(_stage_dir(scenario, "prepare_data") / "index.parquet")
+    test = index[index["split"] == "test"].head(4)
+    got = embed_images(embedder, test["path"].tolist())
+    assert got.shape == (4, 16)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    evaluated = read_embeddings(_stage_dir(scenario, "evaluate") / "embeddings_student.parquet")
+    position = {image_id: i for i, image_id in enumerate(evaluated.image_ids)}
+    expected = evaluated.embeddings[[position[i] for i in test["image_id"]]]
+    # tensor resize (the model) vs PIL resize (the stages): the same vectors up to resampling
+    assert (np.sum(got * expected, axis=1) > 0.98).all()
+    # the pyfunc flavour takes the signature's uint8 batch
+    pyfunc = mlflow.pyfunc.load_model("models:/slade-embedder/1")
+    out = pyfunc.predict(image_array(test["path"].iloc[0]))
+    assert np.asarray(out).shape == (1, 16)
+
+
+def test_pipeline_run_shows_its_dataset_and_models(scenario):
+    client, _ = _mlflow()
+    result = scenario["retried"].result()
+    parent = client.get_run(result["mlflow_run_id"])
+    lineage = json.loads((_stage_dir(scenario, "prepare_data") / "lineage.json").read_text())
+    (dataset,) = [d.dataset for d in parent.inputs.dataset_inputs]
+    assert (dataset.name, dataset.digest) == ("tiny-index", lineage["digest"])
+    assert {m.model_id for m in parent.outputs.model_outputs} >= {result["model"].split("/")[-1]}
+
+
+def test_slade_search_finds_the_class_of_a_held_out_image(scenario, tmp_path, capsys):
+    from PIL import Image, ImageOps
+
+    from tasks.cli import main
+
+    index = pd.read_parquet(_stage_dir(scenario, "prepare_data") / "index.parquet")
+    query = index[index["split"] == "test"].iloc[0]
+    # a new file (mirrored) of a test image: never seen in training, not itself in the gallery
+    path = tmp_path / "query.png"
+    ImageOps.mirror(Image.open(query["path"]).convert("RGB")).save(path)
+    grid = tmp_path / "grid.png"
+    assert main(["search", str(path), "--k", "3", "--grid", str(grid)]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert [int(r[0]) for r in rows] == [1, 2, 3]
+    assert [float(r[1]) for r in rows] == sorted(float(r[1]) for r in rows)
+    assert int(query["label"]) in {int(r[2]) for r in rows}
+    assert Image.open(grid).size[0] > 4 * 112
+
+
+def test_slade_search_names_a_missing_model(scenario, tmp_path):
+    from tasks.cli import main
+
+    image = pd.read_parquet(_stage_dir(scenario, "prepare_data") / "index.parquet").path[0]
+    with pytest.raises(SystemExit, match="cannot load 'models:/nope@champion'"):
+        main(["search", image, "--model", "models:/nope@champion"])
