@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from slade_core.clustering import make_pseudo_labels
-
 from slade_core.io import write_json
 from tasks.common import StageContext, stage_task
 
