@@ -82,7 +82,7 @@ class ImageEmbedder(nn.Module):
 
 def image_array(path: str | os.PathLike) -> np.ndarray:
     """A file as the uint8 batch [1, H, W, 3] an ImageEmbedder takes."""
-    return np.asarray(load_rgb(path), dtype=np.uint8)[None]
+    return np.array(load_rgb(path), dtype=np.uint8)[None]  # a writable copy for torch
 
 
 @torch.inference_mode()

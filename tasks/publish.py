@@ -183,7 +183,10 @@ def register_task(config, upstream: dict[str, StageResult], parent_run_id: str) 
     alias = CHAMPION
     if champion is not None:
         new, old = _scores(tags, uri, champion, index_path)
-        client.set_model_version_tag(name, version.version, "slade.champion_map_at_r", repr(old))
+        for key, value in (("compared", new), ("champion", old)):
+            client.set_model_version_tag(
+                name, version.version, f"slade.{key}_map_at_r", repr(value)
+            )
         alias = CHAMPION if new > old else CHALLENGER
     client.set_registered_model_alias(name, alias, version.version)
     return {"name": name, "version": str(version.version), "alias": alias}
