@@ -10,6 +10,7 @@ otherwise every stage runs in this process.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -37,6 +38,10 @@ from tasks.prepare_data import prepare_data_task
 from tasks.publish import publish_task, register_task
 from tasks.train_student import train_student_task
 from tasks.train_teacher import train_teacher_task
+
+# slade_core logs through the standard library; with PREFECT_LOGGING_EXTRA_LOGGERS=slade_core
+# (scripts/env.sh, prefect.yaml) its records reach the run logs, INFO included.
+logging.getLogger("slade_core").setLevel(logging.INFO)
 
 STAGE_FLOW = "slade-stage"
 STAGES = {

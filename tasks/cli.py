@@ -61,11 +61,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = search(args.images, args.model, args.k, args.grid)
     for image, hits in zip(args.images, results, strict=True):
         print(f"{image}  (model {args.model})")
-        print(f"  {'rank':>4}  {'distance':>8}  {'label':>5}  {'class':<20}  path")
+        print(f"  {'rank':>4}  {'distance':>8}  {'label':>5}  {'class':<36}  path")
         for hit in hits:
             print(
                 f"  {hit.rank:>4}  {hit.distance:8.4f}  {hit.label:>5}  "
-                f"{hit.class_name[:20]:<20}  {hit.path}"
+                f"{hit.class_name[:36]:<36}  {hit.path}"
             )
     if args.grid:
         print(f"grid: {args.grid}")

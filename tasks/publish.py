@@ -149,7 +149,7 @@ def _scores(new_tags: dict[str, str], new_uri: str, champion, index_path: Path) 
     return tuple(scores)
 
 
-@task(name="register_model", cache_policy=NO_CACHE)
+@task(name="register_model", task_run_name="register_model", cache_policy=NO_CACHE)
 def register_task(config, upstream: dict[str, StageResult], parent_run_id: str) -> dict[str, Any]:
     """Register the student, move `champion` only when it wins, record the run's lineage."""
     _use_tracking_store()
@@ -169,7 +169,7 @@ def register_task(config, upstream: dict[str, StageResult], parent_run_id: str) 
         f"name = '{name}' and tags.`slade.pipeline_run` = '{parent_run_id}'"
     )
     if done:  # a retried flow run: registered already
-        version = done[0]
+        version = client.get_model_version(name, done[0].version)  # search omits aliases
         aliases = list(version.aliases)
         return {
             "name": name,

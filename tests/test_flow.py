@@ -219,6 +219,23 @@ def test_prefect_artifacts_show_metrics_and_progress(scenario):
         everything = client.read_artifacts()
     assert "map_at_r" in str(table.data)
     assert any(a.type == "progress" and a.data == 100.0 for a in everything)
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    student = next(r for r in rows if r["model"] == "student")
+    fraction = scenario["retried"].result()["metrics"]["student/map_at_r"]
+    assert student["map_at_r"] == f"{100 * fraction:.2f}"  # people read percent
+
+
+def test_slade_core_logs_reach_the_flow_run_logs(scenario):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[scenario["flow_run_id"]]))
+        )
+    assert any(
+        log.name.startswith("slade_core") and "prepared index" in log.message for log in logs
+    )
 
 
 @pytest.mark.parametrize(
