@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -84,11 +85,15 @@ def _gallery_source(ctx: StageContext, config, index_path: Path) -> tuple[Path, 
 
 @stage_task("publish", ("runtime", "publish"))
 def publish_task(ctx: StageContext, config, upstream) -> dict[str, float]:
-    """Log teacher and student as MLflow models, each with its FAISS gallery index."""
+    """Log teacher and student as MLflow models, each with its FAISS gallery index; the run
+    gets the index as dataset input, each model its test metrics on that dataset."""
     _use_tracking_store()
-    gallery_index, splits, source = _gallery_source(
-        ctx, config, ctx.input(upstream["data"], "index.parquet")
-    )
+    index_path = ctx.input(upstream["data"], "index.parquet")
+    lineage_path = ctx.input(upstream["data"], LINEAGE_FILE)
+    log_index_input(ctx.client, ctx.run_id, index_path, lineage_path, "evaluation")
+    lineage = json.loads(lineage_path.read_text())
+    scores = json.loads(ctx.input(upstream["evaluate"], "metrics.json").read_text())["models"]
+    gallery_index, splits, source = _gallery_source(ctx, config, index_path)
     sizes = {}
     for name in PUBLISHED:
         checkpoint = ctx.input(upstream[name], upstream[name]["checkpoint"])
@@ -109,6 +114,17 @@ def publish_task(ctx: StageContext, config, upstream) -> dict[str, float]:
             metadata={"slade.gallery": source, "slade.image_size": net.spec.image_size},
             tags={"slade.model": name, "slade.stage_key": ctx.key},
         )
+        for metric, value in scores[name].items():
+            if value is not None:
+                ctx.client.log_metric(
+                    ctx.run_id,
+                    f"{name}/test_{metric}",
+                    value,
+                    step=0,
+                    dataset_name=lineage["name"],
+                    dataset_digest=lineage["digest"],
+                    model_id=info.model_id,
+                )
         ctx.outputs[f"{name}_model"] = info.model_uri
         sizes[f"{name}/gallery_size"] = len(gallery.rows)
     return sizes
@@ -143,10 +159,18 @@ def _scores(new_tags: dict[str, str], new_uri: str, champion, index_path: Path) 
     same = ("slade.preset", "slade.protocol", "slade.data_digest")
     if all(champion.tags.get(k) == new_tags[k] for k in same):
         return float(new_tags["slade.test_map_at_r"]), float(champion.tags["slade.test_map_at_r"])
-    scores = []
-    for uri in (new_uri, f"models:/{champion.name}/{champion.version}"):
-        scores.append(score_embedder(mlflow.pytorch.load_model(uri), index_path)["map_at_r"])
-    return tuple(scores)
+    uris = (new_uri, f"models:/{champion.name}/{champion.version}")
+    return tuple(score_embedder(_load_embedder(u), index_path)["map_at_r"] for u in uris)
+
+
+def _load_embedder(uri: str):
+    """mlflow.pytorch.load_model, without leaving the model's code copy on sys.path (an
+    older champion's slade_core must not shadow this process's later imports)."""
+    saved = list(sys.path)
+    try:
+        return mlflow.pytorch.load_model(uri)
+    finally:
+        sys.path[:] = saved
 
 
 @task(name="register_model", task_run_name="register_model", cache_policy=NO_CACHE)
