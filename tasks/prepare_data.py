@@ -23,7 +23,7 @@ def downloads_dir() -> Path:
 
 def local_images(config) -> str:
     """Digest of the preset's local image folders / CSVs (part of the stage key)."""
-    return source_digest(config.data, downloads_dir())
+    return source_digest([config.data.labeled, *config.data.unlabeled], downloads_dir())
 
 
 @stage_task("prepare_data", ("data",), inputs=local_images, retries=1, retry_delay_seconds=10)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from mlflow.types import Schema, TensorSpec
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from slade_core.data.lineage import source_digest
 from slade_core.data.prepare import index_dataset
 from slade_core.evaluate import evaluation_protocol
 from slade_core.models import load_model
@@ -83,7 +85,13 @@ def _gallery_source(ctx: StageContext, config, index_path: Path) -> tuple[Path, 
     return path, ["gallery"], f"dataset {ref.manifest().name}"
 
 
-@stage_task("publish", ("runtime", "publish"))
+def gallery_images(config) -> str:
+    """Digest of a `publish.gallery` folder / CSV (part of the stage key)."""
+    ref = config.publish.gallery
+    return source_digest([ref] if ref else [], downloads_dir())
+
+
+@stage_task("publish", ("runtime", "publish"), inputs=gallery_images)
 def publish_task(ctx: StageContext, config, upstream) -> dict[str, float]:
     """Log teacher and student as MLflow models, each with its FAISS gallery index; the run
     gets the index as dataset input, each model its test metrics on that dataset."""
@@ -114,6 +122,10 @@ def publish_task(ctx: StageContext, config, upstream) -> dict[str, float]:
             metadata={"slade.gallery": source, "slade.image_size": net.spec.image_size},
             tags={"slade.model": name, "slade.stage_key": ctx.key},
         )
+        ctx.outputs[f"{name}_model"] = info.model_uri
+        sizes[f"{name}/gallery_size"] = len(gallery.rows)
+    # after every log_model: MLflow copies the run's step-0 metrics onto each model it logs
+    for name in PUBLISHED:
         for metric, value in scores[name].items():
             if value is not None:
                 ctx.client.log_metric(
@@ -123,10 +135,8 @@ def publish_task(ctx: StageContext, config, upstream) -> dict[str, float]:
                     step=0,
                     dataset_name=lineage["name"],
                     dataset_digest=lineage["digest"],
-                    model_id=info.model_id,
+                    model_id=ctx.outputs[f"{name}_model"].removeprefix("models:/"),
                 )
-        ctx.outputs[f"{name}_model"] = info.model_uri
-        sizes[f"{name}/gallery_size"] = len(gallery.rows)
     return sizes
 
 
@@ -139,8 +149,13 @@ def _version_tags(config, upstream: dict[str, StageResult], parent_run_id: str) 
         "slade.code_version": code_version(),
         "slade.protocol": metrics["protocol"],
         "slade.data_digest": lineage["digest"],
-        "slade.test_map_at_r": repr(metrics["models"][REGISTERED]["map_at_r"]),
+        "slade.test_map_at_r": repr(_number(metrics["models"][REGISTERED]["map_at_r"])),
     }
+
+
+def _number(value: float | None) -> float:
+    """metrics.json writes NaN (every query lone) as null; NaN never beats a champion."""
+    return math.nan if value is None else float(value)
 
 
 def _champion(client, name: str):

@@ -299,6 +299,7 @@ def test_logged_model_embeds_raw_images_like_the_pipeline(scenario):
     assert run.data.tags["slade.stage"] == "publish"
     model = client.get_logged_model(scenario["retried"].result()["model"].split("/")[-1])
     assert model.source_run_id == versions[1].run_id and model.name == "student"
+    assert {m.key.split("/")[0] for m in model.metrics} == {"student"}
     test_map = {m.key: m for m in model.metrics}["student/test_map_at_r"]
     assert test_map.value == float(versions[1].tags["slade.test_map_at_r"])
     (dataset,) = [d.dataset for d in run.inputs.dataset_inputs]

@@ -40,7 +40,8 @@ def _folder_data(folder: Path) -> dict:
 
 
 def test_source_digest_follows_the_files_of_a_folder_dataset(tmp_path):
-    data = parse_data_preset(_folder_data(_folder_of_images(tmp_path / "photos")))
+    preset = parse_data_preset(_folder_data(_folder_of_images(tmp_path / "photos")))
+    data = [preset.labeled, *preset.unlabeled]
     first = source_digest(data, tmp_path / "downloads")
     assert source_digest(data, tmp_path / "downloads") == first
     _image(tmp_path / "photos" / "shop" / "new.png", 9)

@@ -9,24 +9,25 @@ prepare_data and every stage after it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from slade_core.data.acquire import acquire
 from slade_core.data.errors import DataError
 from slade_core.data.manifest import CsvManifest, FolderManifest, resolve_path
 from slade_core.data.parsers import parse_dataset
-from slade_core.data.preset import DataPreset
+from slade_core.data.preset import DatasetRef
 from slade_core.io import file_digest, file_stats_digest, stable_hash
 
 
-def source_digest(data: DataPreset, downloads_dir: Path) -> str:
+def source_digest(refs: Iterable[DatasetRef], downloads_dir: Path) -> str:
     """Digest of the local (folder / csv) datasets' image files; stable when nothing changed.
 
     A dataset that cannot be listed (missing folder, bad CSV) contributes its error text, so
     the stage still runs and fails there with the message that says what to fix.
     """
     parts = []
-    for ref in [data.labeled, *data.unlabeled]:
+    for ref in refs:
         manifest = ref.manifest()
         if not isinstance(manifest, FolderManifest | CsvManifest):
             continue
