@@ -120,7 +120,7 @@ def main() -> None:
     shoot(f"{prefect_ui}/runs/flow-run/{flow_run_id}", DOCS / "prefect_flow_run.png")
     runs = f"{mlflow_ui}/#/experiments/{exp}/runs"
     shoot(f"{runs}/{parent.info.run_id}", DOCS / "mlflow_pipeline_run.png")
-    shoot(f"{runs}/{publish_id}", DOCS / "mlflow_publish_run.png")
+    shoot(f"{runs}/{publish_id}", DOCS / "mlflow_publish_run.png", (1440, 2300))  # + models
     (version,) = client.search_model_versions(f"tags.`slade.pipeline_run` = '{parent.info.run_id}'")
     model_id = version.source.removeprefix("models:/")
     shoot(f"{mlflow_ui}/#/experiments/{exp}/models/{model_id}", DOCS / "mlflow_logged_model.png")
