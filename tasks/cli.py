@@ -32,7 +32,7 @@ def search(images: Sequence[str], model_uri: str, k: int, grid: str | None) -> l
     mlflow.set_tracking_uri(tracking_uri())
     mlflow.set_registry_uri(tracking_uri())
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=_model_files(model_uri)))
     except MlflowException as err:
         raise SystemExit(
             f"slade search: cannot load {model_uri!r} from {tracking_uri()}: {err.message}\n"
@@ -45,6 +45,24 @@ def search(images: Sequence[str], model_uri: str, k: int, grid: str | None) -> l
     if grid:
         draw_search_grid(images, results, grid)
     return results
+
+
+def _model_files(uri: str) -> str:
+    """runs:/<run id>/<name> -> models:/<logged model id>: MLflow 3 keeps a logged model's
+    files with the model, not under the run's artifacts."""
+    if not uri.startswith("runs:/"):
+        return uri
+    from mlflow.tracking import MlflowClient
+
+    run_id, _, name = uri.removeprefix("runs:/").partition("/")
+    client = MlflowClient()
+    found = client.search_logged_models(
+        [client.get_run(run_id).info.experiment_id],
+        filter_string=f"name = '{name}' AND source_run_id = '{run_id}'",
+    )
+    if not found:
+        raise SystemExit(f"slade search: run {run_id} logged no model named {name!r}")
+    return f"models:/{found[0].model_id}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

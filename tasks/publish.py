@@ -96,6 +96,8 @@ def publish_task(ctx: StageContext, config, upstream) -> dict[str, float]:
     """Log teacher and student as MLflow models, each with its FAISS gallery index; the run
     gets the index as dataset input, each model its test metrics on that dataset."""
     _use_tracking_store()
+    # log_model creates the model in the fluent API's experiment: make it the run's
+    mlflow.set_experiment(experiment_id=ctx.client.get_run(ctx.run_id).info.experiment_id)
     index_path = ctx.input(upstream["data"], "index.parquet")
     lineage_path = ctx.input(upstream["data"], LINEAGE_FILE)
     log_index_input(ctx.client, ctx.run_id, index_path, lineage_path, "evaluation")

@@ -351,6 +351,16 @@ def test_slade_search_finds_the_class_of_a_held_out_image(scenario, tmp_path, ca
     assert Image.open(grid).size[0] > 4 * 112
 
 
+def test_slade_search_takes_any_runs_model(scenario, capsys):
+    from tasks.cli import main
+
+    _, versions = _registry()
+    image = pd.read_parquet(_stage_dir(scenario, "prepare_data") / "index.parquet").path[0]
+    uri = f"runs:/{versions[1].run_id}/teacher"  # the publish run's teacher model
+    assert main(["search", image, "--k", "1", "--model", uri]) == 0
+    assert f"(model {uri})" in capsys.readouterr().out
+
+
 def test_slade_search_names_a_missing_model(scenario, tmp_path):
     from tasks.cli import main
 

@@ -102,7 +102,7 @@ def folder_runs(prefect_server, tmp_path_factory):
         mp.setenv("SLADE_RUNS_DIR", str(root / "runs"))
         mp.setenv("SLADE_DOWNLOADS_DIR", str(root / "downloads"))
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        mp.setenv("MLFLOW_EXPERIMENT_NAME", "slade-lineage")
+        mp.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)  # the default experiment `slade`
         for step in ("first", "untouched", "added"):
             if step == "added":
                 _image(folder / "shop" / "added.png", 11)
@@ -115,7 +115,8 @@ def folder_runs(prefect_server, tmp_path_factory):
         }
         runs = [client.get_run(s.result()["mlflow_run_id"]) for s in states]
         counts = [_prepare_metrics(client, r) for r in runs]
-    return states, versions, runs, counts
+        models = client.search_logged_models([runs[0].info.experiment_id])
+    return states, versions, runs, counts, models
 
 
 def _prepare_metrics(client, parent) -> dict[str, float]:
@@ -133,13 +134,13 @@ def _stage_states(state) -> dict[str, str]:
 
 
 def test_untouched_folder_reuses_every_stage(folder_runs):
-    states, _, _, _ = folder_runs
+    states, _, _, _, _ = folder_runs
     assert all(s.is_completed() for s in states), [s.message for s in states]
     assert _stage_states(states[1]) == dict.fromkeys(ALL_STAGES, "Cached")
 
 
 def test_an_added_image_reruns_prepare_data_and_changes_the_counts(folder_runs):
-    states, _, runs, counts = folder_runs
+    states, _, runs, counts, _ = folder_runs
     assert _stage_states(states[2])["prepare_data"] == "Completed"
     assert _stage_states(states[2])["train_teacher"] == "Completed"
     digests = [r.inputs.dataset_inputs[0].dataset.digest for r in runs]
@@ -148,10 +149,19 @@ def test_an_added_image_reruns_prepare_data_and_changes_the_counts(folder_runs):
 
 
 def test_a_champion_measured_on_other_images_is_rescored(folder_runs):
-    _, versions, _, _ = folder_runs
+    _, versions, _, _, _ = folder_runs
     assert sorted(versions) == [1, 2, 3]
     assert versions[2].tags["slade.champion_map_at_r"] == versions[1].tags["slade.test_map_at_r"]
     third = versions[3].tags
     assert third["slade.data_digest"] != versions[1].tags["slade.data_digest"]
     new, old = float(third["slade.compared_map_at_r"]), float(third["slade.champion_map_at_r"])
     assert ("champion" in versions[3].aliases) == (new > old)
+
+
+def test_logged_models_live_in_the_pipeline_experiment(folder_runs):
+    _, versions, runs, _, models = folder_runs
+    # two publish runs (the untouched run reused the first): teacher + student each
+    assert sorted(m.name for m in models) == ["student", "student", "teacher", "teacher"]
+    assert {v.source.removeprefix("models:/") for v in versions.values()} <= {
+        m.model_id for m in models
+    }
