@@ -42,12 +42,6 @@ def log_index_input(
         warnings.filterwarnings("ignore", "Hint: Inferred schema", UserWarning)
         dataset = mlflow.data.from_pandas(
             frame, source=Path(index_path).as_uri(), name=lineage["name"], digest=lineage["digest"]
-        )
-    client.log_inputs(
-        run_id,
-        datasets=[
-            DatasetInput(
-                dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)]
-            )
-        ],
-    )
+        )._to_mlflow_entity()  # the schema is inferred here
+    tags = [InputTag("mlflow.data.context", context)]
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=tags)])
