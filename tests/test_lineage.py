@@ -56,6 +56,25 @@ def test_source_digest_follows_the_files_of_a_folder_dataset(tmp_path):
     assert source_digest(data, tmp_path / "downloads") not in (first, added)
 
 
+def test_source_digest_follows_a_csv_dataset_and_its_listed_images(tmp_path):
+    for i in range(3):
+        _image(tmp_path / "imgs" / f"{i}.png", i)
+    csv = tmp_path / "index.csv"
+    csv.write_text("path,label\nimgs/0.png,0\nimgs/1.png,1\n")
+    ref = parse_data_preset(
+        {"labeled": {"dataset": {"name": "mine", "type": "csv", "path": str(csv)}}}
+    ).labeled
+    first = source_digest([ref], tmp_path)
+    csv.write_text("path,label\nimgs/0.png,0\nimgs/1.png,0\n")  # relabelled
+    relabelled = source_digest([ref], tmp_path)
+    assert relabelled != first
+    _image(tmp_path / "imgs" / "2.png", 5)  # not listed: no change
+    assert source_digest([ref], tmp_path) == relabelled
+    target = tmp_path / "imgs" / "1.png"
+    os.utime(target, ns=(target.stat().st_atime_ns, target.stat().st_mtime_ns + 10**9))
+    assert source_digest([ref], tmp_path) not in (first, relabelled)
+
+
 def test_file_stats_digest_sees_a_rewrite_under_the_same_path(tmp_path):
     path = tmp_path / "a.png"
     _image(path, 1)
