@@ -288,6 +288,8 @@ def test_student_is_registered_champion_then_an_identical_rerun_is_challenger(sc
 
 
 def test_logged_model_embeds_raw_images_like_the_pipeline(scenario):
+    import mlflow.artifacts
+    import mlflow.models
     import mlflow.pytorch
     import numpy as np
 
@@ -304,6 +306,15 @@ def test_logged_model_embeds_raw_images_like_the_pipeline(scenario):
     assert test_map.value == float(versions[1].tags["slade.test_map_at_r"])
     (dataset,) = [d.dataset for d in run.inputs.dataset_inputs]
     assert (test_map.dataset_name, test_map.dataset_digest) == (dataset.name, dataset.digest)
+    local = mlflow.artifacts.download_artifacts("models:/slade-embedder@champion")
+    logged = mlflow.models.Model.load(local)
+    assert logged.signature.inputs.inputs[0].shape == (-1, -1, -1, 3)
+    assert logged.signature.outputs.inputs[0].shape == (-1, 16)
+    example = logged.load_input_example(local)
+    assert example.shape == (1, 32, 32, 3) and example.dtype == np.uint8  # the run's image size
+    requirements = (Path(local) / "requirements.txt").read_text()
+    assert "torch==" in requirements and "faiss-cpu" in requirements
+    assert (Path(local) / "code" / "slade_core" / "search.py").is_file()
     embedder = mlflow.pytorch.load_model("models:/slade-embedder@champion")
     index = pd.read_parquet(_stage_dir(scenario, "prepare_data") / "index.parquet")
     test = index[index["split"] == "test"].head(4)
