@@ -116,6 +116,8 @@ def folder_runs(prefect_server, tmp_path_factory):
     preset = root / "folder.yaml"
     preset.write_text(yaml.safe_dump({"description": "test", "data": _folder_data(folder)}))
     overrides = tiny_overrides(root / "feature-cache")
+    # slade search retrieves from the folder too (publish.gallery)
+    overrides["publish.gallery"] = _folder_data(folder)["unlabeled"][0]
     states = []
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SLADE_RUNS_DIR", str(root / "runs"))
@@ -133,16 +135,17 @@ def folder_runs(prefect_server, tmp_path_factory):
             int(v.version): v for v in client.search_model_versions("name = 'slade-embedder'")
         }
         runs = [client.get_run(s.result()["mlflow_run_id"]) for s in states]
-        counts = [_prepare_metrics(client, r) for r in runs]
+        counts = [_stage_metrics(client, r, "prepare_data") for r in runs]
+        galleries = [_stage_metrics(client, r, "publish") for r in runs]
         models = client.search_logged_models([runs[0].info.experiment_id])
-    return states, versions, runs, counts, models
+    return states, versions, runs, counts, models, galleries
 
 
-def _prepare_metrics(client, parent) -> dict[str, float]:
+def _stage_metrics(client, parent, stage: str) -> dict[str, float]:
     (child,) = client.search_runs(
         [parent.info.experiment_id],
         filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' "
-        "and tags.`slade.stage` = 'prepare_data'",
+        f"and tags.`slade.stage` = '{stage}'",
     )
     return child.data.metrics
 
@@ -153,13 +156,13 @@ def _stage_states(state) -> dict[str, str]:
 
 
 def test_untouched_folder_reuses_every_stage(folder_runs):
-    states, _, _, _, _ = folder_runs
+    states, *_ = folder_runs
     assert all(s.is_completed() for s in states), [s.message for s in states]
     assert _stage_states(states[1]) == dict.fromkeys(ALL_STAGES, "Cached")
 
 
 def test_an_added_image_reruns_prepare_data_and_changes_the_counts(folder_runs):
-    states, _, runs, counts, _ = folder_runs
+    states, _, runs, counts, *_ = folder_runs
     assert _stage_states(states[2])["prepare_data"] == "Completed"
     assert _stage_states(states[2])["train_teacher"] == "Completed"
     digests = [r.inputs.dataset_inputs[0].dataset.digest for r in runs]
@@ -168,7 +171,7 @@ def test_an_added_image_reruns_prepare_data_and_changes_the_counts(folder_runs):
 
 
 def test_a_champion_measured_on_other_images_is_rescored(folder_runs):
-    _, versions, _, _, _ = folder_runs
+    _, versions, *_ = folder_runs
     assert sorted(versions) == [1, 2, 3]
     assert versions[2].tags["slade.champion_map_at_r"] == versions[1].tags["slade.test_map_at_r"]
     third = versions[3].tags
@@ -178,9 +181,15 @@ def test_a_champion_measured_on_other_images_is_rescored(folder_runs):
 
 
 def test_logged_models_live_in_the_pipeline_experiment(folder_runs):
-    _, versions, runs, _, models = folder_runs
+    _, versions, runs, _, models, _ = folder_runs
     # two publish runs (the untouched run reused the first): teacher + student each
     assert sorted(m.name for m in models) == ["student", "student", "teacher", "teacher"]
     assert {v.source.removeprefix("models:/") for v in versions.values()} <= {
         m.model_id for m in models
     }
+
+
+def test_a_folder_gallery_follows_its_images(folder_runs):
+    *_, galleries = folder_runs
+    sizes = [g["student/gallery_size"] for g in galleries]
+    assert sizes == [4, 4, 5]  # the shop folder: 4 images, then one added
