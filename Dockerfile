@@ -43,6 +43,7 @@ ENV SLADE_RUNS_DIR=/srv/slade/runs \
     SLADE_DOWNLOADS_DIR=/srv/slade/downloads \
     SLADE_DATA_ROOT=/srv/slade/data \
     TORCH_HOME=/srv/slade/cache/torch \
-    HF_HOME=/srv/slade/cache/huggingface
+    HF_HOME=/srv/slade/cache/huggingface \
+    PREFECT_LOGGING_EXTRA_LOGGERS=slade_core
 
 CMD ["prefect", "version"]

@@ -247,18 +247,21 @@ def holdout_index(index_path: Path, out_path: Path, n_classes: int) -> Path:
     return out_path
 
 
-def warm_prefix_cache(spec: ModelConfig, index_path: Path, runtime: RuntimeConfig, views: int):
-    """Compute every cached prefix file the rows will read (eval view of the test and
-    unlabeled rows, `views` train views of the train and unlabeled rows); return seconds.
-    With the whole trunk trained (-1) there is no prefix: the trunk row's pooled features
-    of the test rows are cached instead."""
+def warm_prefix_cache(
+    spec: ModelConfig, index_path: Path, runtime: RuntimeConfig, views: int, unlabeled: bool
+):
+    """Compute every cached prefix file the rows will read (eval view of the test rows,
+    `views` train views of the train rows, and with `unlabeled` the same for the unlabeled
+    rows); return seconds. With the whole trunk trained (-1) there is no prefix: the trunk
+    row's pooled features of the test rows are cached instead."""
     start = time.perf_counter()
+    splits = ("train", "unlabeled") if unlabeled else ("train",)
     if spec.trainable_blocks == -1:
         spec = spec.model_copy(update={"trainable_blocks": 0})
         jobs = [(None, "test")]
     else:
-        jobs = [(None, "test"), (None, "unlabeled")]
-        jobs += [(v, s) for v in range(views) for s in ("train", "unlabeled")]
+        jobs = [(None, "test")] + [(None, "unlabeled")] * unlabeled
+        jobs += [(v, s) for v in range(views) for s in splits]
     model = create_model(spec)
     for view, split in jobs:
         prefix_feature_file(model, read_split(index_path, split), view, runtime)
@@ -578,7 +581,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     views = min(
         config.runtime.cached_views, max(config.teacher.optim.epochs, config.student.optim.epochs)
     )
-    cache_seconds = warm_prefix_cache(config.model, index_path, config.runtime, views)
+    cache_seconds = warm_prefix_cache(
+        config.model, index_path, config.runtime, views, bool(rows & STUDENT_ROW_GROUPS)
+    )
     print(f"trunk feature cache ready ({cache_seconds:.1f}s, {views} train views)", flush=True)
 
     per_seed: dict[str, list[dict[str, float]]] = {}

@@ -1,5 +1,5 @@
 """The `slade` flow: prepare_data -> train_teacher -> [extract_embeddings -> cluster ->
-train_student] x rounds -> evaluate.
+train_student] x rounds -> evaluate -> publish -> register_model.
 
 Declarative only: which stage follows which, which results each reads, where it runs.
 The config is validated before anything else, so bad parameters fail with the field
@@ -10,6 +10,7 @@ otherwise every stage runs in this process.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -19,16 +20,22 @@ from prefect.runtime import flow_run
 from flows.hooks import HOOKS
 from flows.pools import STAGE_FLOW, check_deployed, run_on_pool
 from slade_core.config import PipelineConfig
+from slade_core.evaluate import percent
 from slade_core.experiment import load_experiment
 from tasks.cluster import cluster_task
 from tasks.evaluate import evaluate_task
 from tasks.extract_embeddings import extract_embeddings_task
 from tasks.prepare_data import prepare_data_task
 from tasks.provenance import git_commit
+from tasks.publish import publish_task, register_task
 from tasks.stage import StageResult
 from tasks.tracking import adopt_cached, finish_run, log_metrics, mlflow_client, start_parent_run
 from tasks.train_student import train_student_task
 from tasks.train_teacher import train_teacher_task
+
+# slade_core logs through the standard library; with PREFECT_LOGGING_EXTRA_LOGGERS=slade_core
+# (scripts/env.sh, prefect.yaml) its records reach the run logs, INFO included.
+logging.getLogger("slade_core").setLevel(logging.INFO)
 
 POOL_TIMEOUT = 60.0
 STAGES = {
@@ -38,6 +45,7 @@ STAGES = {
     "cluster": cluster_task,
     "train_student": train_student_task,
     "evaluate": evaluate_task,
+    "publish": publish_task,
 }
 TRAINING_STAGES = ("train_teacher", "train_student")
 
@@ -123,14 +131,37 @@ def slade(
         evaluation = stage("evaluate", {"data": data, **models}, "evaluate")
         metrics = evaluation["summary"]
         log_metrics(mlflow_client(), parent, metrics)
+        published = stage(
+            "publish",
+            {"data": data, "teacher": teacher, "student": current, "evaluate": evaluation},
+            "publish",
+        )
+        registered = register_task(
+            config, {"data": data, "publish": published, "evaluate": evaluation}, parent
+        )
         status = "FINISHED"
     except TerminationSignal:  # SIGTERM: the run was cancelled or its machine stopped
         status = "KILLED"
         raise
     finally:
         finish_run(parent, status)
-    get_run_logger().info("metrics: %s", metrics)
-    return {"mlflow_run_id": parent, "metrics": metrics, "evaluate_dir": evaluation["dir"]}
+    logger = get_run_logger()
+    logger.info("metrics (percent): %s", {k: percent(v) for k, v in metrics.items()})
+    logger.info(
+        "registered %s version %s as %s; search it with: slade search IMAGE --model models:/%s@%s",
+        registered["name"],
+        registered["version"],
+        registered["alias"],
+        registered["name"],
+        registered["alias"],
+    )
+    return {
+        "mlflow_run_id": parent,
+        "metrics": metrics,
+        "evaluate_dir": evaluation["dir"],
+        "model": published["student_model"],
+        "registered": registered,
+    }
 
 
 @flow(name=STAGE_FLOW, persist_result=True, **HOOKS)

@@ -17,6 +17,8 @@ import time
 from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 
+from slade_core.evaluate import percent
+
 PIPELINE = "tags.`slade.kind` = 'pipeline'"
 
 
@@ -44,6 +46,7 @@ def main() -> None:
         _metrics_table(parent.data.metrics)
         compute = sum(c.data.metrics.get("compute_seconds", 0.0) for c in children)
         _timing(run, compute, args.submitted)
+        _registered(client, parent.info.run_id)
         mlflow_url = f"{os.environ['MLFLOW_TRACKING_URI']}/#/experiments/{exp}/runs/"
         print(f"MLflow run:  {mlflow_url}{parent.info.run_id}")
     print(f"Prefect run: {os.environ.get('PREFECT_UI_URL', '')}/runs/flow-run/{run.id}")
@@ -61,12 +64,27 @@ def _metrics_table(metrics: dict[str, float]) -> None:
         print("(no metrics)")
         return
     names = sorted({m for r in rows.values() for m in r})
-    print("\n" + " | ".join(["model".ljust(10), *(n.ljust(14) for n in names)]))
+    print("\nretrieval metrics in percent")
+    print(" | ".join(["model".ljust(10), *(n.ljust(14) for n in names)]))
     print("-" * (13 + 17 * len(names)))
     for model, values in rows.items():
-        cells = (f"{values[n]:.4f}".ljust(14) if n in values else "-".ljust(14) for n in names)
+        cells = (percent(values[n]).ljust(14) if n in values else "-".ljust(14) for n in names)
         print(" | ".join([model.ljust(10), *cells]))
     print()
+
+
+def _registered(client: MlflowClient, parent_run_id: str) -> None:
+    """The Model Registry version this run registered, its alias and how to search with it."""
+    found = client.search_model_versions(f"tags.`slade.pipeline_run` = '{parent_run_id}'")
+    for found_version in found:  # search results leave out aliases
+        version = client.get_model_version(found_version.name, found_version.version)
+        aliases = ", ".join(version.aliases) or "no alias"
+        print(f"registered model {version.name} version {version.version} ({aliases})")
+        champion = client.get_model_version_by_alias(version.name, "champion")
+        print(
+            f"champion: version {champion.version}; try: slade search IMAGE --model "
+            f"models:/{version.name}@champion\n"
+        )
 
 
 def _timing(run, compute: float, submitted: float | None) -> None:

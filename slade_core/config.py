@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from slade_core.data.preset import DataPreset
+from slade_core.data.preset import DataPreset, DatasetRef
 
 
 class StrictModel(BaseModel):
@@ -186,6 +186,19 @@ class EvalConfig(StrictModel):
     examples: int = Field(8, ge=0)
 
 
+class PublishConfig(StrictModel):
+    """What the publish stage makes of a finished run.
+
+    registered_model: Model Registry name of the student (alias `champion` / `challenger`).
+    gallery: the images `slade search` retrieves from; None = the evaluation split(s) of the
+      labeled set (`test`, or `gallery`), else a dataset like the preset's (`{dataset: {name:
+      shop, type: folder, path: /data/shop}}`, every row becomes a gallery image).
+    """
+
+    registered_model: str = Field("slade-embedder", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    gallery: DatasetRef | None = None
+
+
 class PipelineConfig(StrictModel):
     """Everything one pipeline run needs, validated up front.
 
@@ -201,3 +214,4 @@ class PipelineConfig(StrictModel):
     student: StudentConfig = StudentConfig()
     evaluate: EvalConfig = EvalConfig()
     rounds: int = Field(1, ge=1)
+    publish: PublishConfig = PublishConfig()

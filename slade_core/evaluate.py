@@ -219,12 +219,13 @@ def render_metrics_table(models: Mapping[str, Mapping[str, float | None]]) -> st
     headers = [METRIC_HEADERS.get(k, k.replace("recall_at_", "R@")) for k in names]
     lines = ["| model | " + " | ".join(headers) + " |", "|---" * (len(names) + 1) + "|"]
     for model, values in models.items():
-        cells = [_percent(values.get(k)) for k in names]
+        cells = [percent(values.get(k)) for k in names]
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _percent(value: float | None) -> str:
+def percent(value: float | None) -> str:
+    """A metric fraction as people read it: 0.46312 -> "46.31" (fractions stay in JSON)."""
     return "n/a" if value is None or math.isnan(value) else f"{100 * value:.2f}"
 
 
@@ -274,7 +275,11 @@ def _class_suffix(image: Mapping[str, Any]) -> str:
 def draw_examples_grid(
     examples: Sequence[RetrievalExample], path: str | Path, thumb: int = 112, border: int = 5
 ) -> Path:
-    """PNG grid, one row per example: model name, query, then neighbours (green/red border)."""
+    """PNG grid, one row per example: model name, query, then neighbours.
+
+    Borders: query blue; neighbour green / red when it has the query's label / not, grey when
+    relevance is unknown (no "correct" key). A neighbour's "caption", if any, is written on it.
+    """
     cell = thumb + 2 * border
     label_width = 120
     columns = 1 + max(len(e.neighbours) for e in examples)
@@ -285,16 +290,26 @@ def draw_examples_grid(
     for r, example in enumerate(examples):
         y = r * (cell + 4)
         draw.text((4, y + cell // 2 - 12), example.model[:18], fill="black")
-        draw.text((4, y + cell // 2 + 2), f"label {example.query['label']}", fill="gray")
+        if example.query.get("label") is not None:
+            draw.text((4, y + cell // 2 + 2), f"label {example.query['label']}", fill="gray")
         tiles = [(example.query, (40, 90, 220))] + [
-            (hit, (30, 160, 60) if hit["correct"] else (210, 40, 40)) for hit in example.neighbours
+            (hit, _RELEVANCE_COLOURS[hit.get("correct")]) for hit in example.neighbours
         ]
         for c, (image, colour) in enumerate(tiles):
             tile = ImageOps.expand(_thumbnail(image["path"], thumb), border=border, fill=colour)
-            canvas.paste(tile, (label_width + c * (cell + 4), y))
+            x = label_width + c * (cell + 4)
+            canvas.paste(tile, (x, y))
+            if image.get("caption"):
+                text = str(image["caption"])[:18]
+                box = draw.textbbox((x + border, y + cell - border - 12), text)
+                draw.rectangle(box, fill="white")
+                draw.text((x + border, y + cell - border - 12), text, fill="black")
     with atomic_path(path) as tmp:
         canvas.save(tmp, format="PNG")
     return Path(path)
+
+
+_RELEVANCE_COLOURS = {True: (30, 160, 60), False: (210, 40, 40), None: (150, 150, 150)}
 
 
 def _thumbnail(path: str, size: int) -> Image.Image:

@@ -16,7 +16,8 @@ still differ in head initialisation, sampling order and which cached view each s
 Cache key: backbone, which modules form the prefix, a digest of the prefix's actual weights
 (so a checkpoint, the lite0 package and timm weights can never be confused, a trained prefix
 gets a new key, and teacher and student share the maps of their common frozen prefix), image
-size, normalisation, transform recipe, view and the ordered image ids.
+size, normalisation, transform recipe, view, the ordered image ids and the image files' sizes
+and modification times (so an image rewritten under the same path is recomputed).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from tqdm.auto import tqdm
 
 from slade_core.config import RuntimeConfig
 from slade_core.images import IndexDataset, build_transform
-from slade_core.io import atomic_path, stable_hash
+from slade_core.io import atomic_path, file_stats_digest, stable_hash
 from slade_core.models import EmbeddingNet, resolve_device
 
 # Bump when build_transform or the view seeding changes, so old cache files are not reused.
@@ -109,6 +110,7 @@ def prefix_feature_file(
             "recipe": _RECIPE,
             "view": view,
             "image_ids": stable_hash(image_ids, length=32),
+            "image_files": file_stats_digest(frame["path"].astype(str)),
         },
         length=24,
     )
@@ -166,7 +168,9 @@ def _compute(
             with (
                 torch.inference_mode(),
                 torch.autocast(device.type, enabled=cuda and runtime.amp),
-                tqdm(total=len(frame), desc=f"prefix features ({label})", unit="img") as bar,
+                tqdm(
+                    total=len(frame), desc=f"prefix features ({label})", unit="img", disable=None
+                ) as bar,
             ):
                 for images, rows in loader:
                     images = images.to(device, non_blocking=True, memory_format=memory_format)

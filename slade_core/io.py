@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,4 +78,23 @@ def file_digest(path: str | os.PathLike, algorithm: str = "sha256", chunk: int =
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
+    return h.hexdigest()
+
+
+def file_stats_digest(paths: Iterable[str | os.PathLike]) -> str:
+    """Digest of the files' paths, sizes and modification times (in the given order).
+
+    A cheap content fingerprint for image sets: adding, removing or rewriting a file changes
+    it without reading any bytes. A missing file contributes its path only, so a vanished
+    image also changes the digest.
+    """
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(os.fsencode(path) + b"\0")
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            h.update(b"missing\0")
+            continue
+        h.update(f"{st.st_size}:{st.st_mtime_ns}\0".encode())
     return h.hexdigest()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect.artifacts import create_table_artifact
 
-from slade_core.evaluate import evaluate
+from slade_core.evaluate import evaluate, percent
 from tasks.stage import StageContext, stage_task
 
 METRIC_NAMES = ("map_at_r", "r_precision", "precision_at_1", "recall_at_1")
@@ -28,9 +28,12 @@ def evaluate_task(ctx: StageContext, config, upstream) -> dict[str, float]:
     )
     models = result.metrics["models"]
     create_table_artifact(
-        [{"model": name, **values} for name, values in models.items()],
+        [
+            {"model": name, **{k: percent(v) for k, v in values.items()}}
+            for name, values in models.items()
+        ],
         key="slade-metrics",
-        description=f"Retrieval metrics ({result.metrics['protocol']}, "
+        description=f"Retrieval metrics in percent ({result.metrics['protocol']}, "
         f"{result.metrics['n_queries']} queries)",
     )
     return {

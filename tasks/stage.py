@@ -40,16 +40,26 @@ SUMMARY_FILE = "stage.json"
 NOT_LOGGED = ("resume",)  # training resume state: large, only useful before completion
 
 StageResult = dict[str, Any]
+InputsDigest = Callable[[PipelineConfig], str]
 
 
 def stage_key(
-    stage: str, config: PipelineConfig, fields: Iterable[str], upstream: Mapping[str, StageResult]
+    stage: str,
+    config: PipelineConfig,
+    fields: Iterable[str],
+    upstream: Mapping[str, StageResult],
+    inputs: InputsDigest | None = None,
 ) -> str:
-    """Identity of a stage's output: what it reads, how it is configured, which code."""
+    """Identity of a stage's output: what it reads, how it is configured, which code.
+
+    `inputs` digests what a stage reads from outside the pipeline (prepare_data: the files of
+    local image folders), so a changed image set gets a new key.
+    """
     return stable_hash(
         {
             "stage": stage,
             "config": config.model_dump(mode="json", include=set(fields)),
+            "inputs": inputs(config) if inputs else None,
             "upstream": {name: result["key"] for name, result in sorted(upstream.items())},
             "code": code_version(),
             "store": [str(runs_root()), tracking_uri()],
@@ -91,8 +101,9 @@ def _run_stage(
     upstream: dict[str, StageResult],
     parent_run_id: str,
     label: str,
+    inputs: InputsDigest | None,
 ) -> StageResult:
-    key = stage_key(stage, config, fields, upstream)
+    key = stage_key(stage, config, fields, upstream, inputs)
     final = runs_root() / stage / key
     client = mlflow_client()
     parent = client.get_run(parent_run_id)
@@ -160,15 +171,20 @@ def _run_stage(
     }
 
 
-def _cache_key(fields: tuple[str, ...]) -> Callable[[TaskRunContext, dict[str, Any]], str]:
+def _cache_key(
+    fields: tuple[str, ...], inputs: InputsDigest | None
+) -> Callable[[TaskRunContext, dict[str, Any]], str]:
     def key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
         stage = context.task.name
-        return f"{stage}-{stage_key(stage, parameters['config'], fields, parameters['upstream'])}"
+        config, upstream = parameters["config"], parameters["upstream"]
+        return f"{stage}-{stage_key(stage, config, fields, upstream, inputs)}"
 
     return key
 
 
-def stage_task(stage: str, fields: tuple[str, ...], **task_options: Any):
+def stage_task(
+    stage: str, fields: tuple[str, ...], inputs: InputsDigest | None = None, **task_options: Any
+):
     """Turn `body(ctx, config, upstream) -> summary metrics` into a cached Prefect task.
 
     The task's parameters are (config, upstream results by name, parent MLflow run id,
@@ -182,14 +198,14 @@ def stage_task(stage: str, fields: tuple[str, ...], **task_options: Any):
             parent_run_id: str,
             label: str,
         ) -> StageResult:
-            return _run_stage(stage, fields, body, config, upstream, parent_run_id, label)
+            return _run_stage(stage, fields, body, config, upstream, parent_run_id, label, inputs)
 
         run.__name__, run.__qualname__, run.__doc__ = stage, stage, body.__doc__
         run.stage_fields, run.stage_body = fields, body  # for tests of the key's coverage
         return task(
             name=stage,
             task_run_name="{label}",
-            cache_key_fn=_cache_key(fields),
+            cache_key_fn=_cache_key(fields, inputs),
             persist_result=True,
             **task_options,
         )(run)

@@ -110,6 +110,7 @@ def test_deployment_run_completes_and_mlflow_holds_the_runs(deployed_run):
             "cluster",
             "train_student",
             "evaluate",
+            "publish",
         ]
     )
     assert all(c.info.status == "FINISHED" for c in children)

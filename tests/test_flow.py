@@ -98,7 +98,7 @@ def scenario(prefect_server, stores, tiny_preset):
 
 
 STAGES = ["prepare_data", "train_teacher", "extract_embeddings", "cluster"]
-ALL_STAGES = [*STAGES, "train_student", "evaluate"]
+ALL_STAGES = [*STAGES, "train_student", "evaluate", "publish"]
 
 
 def test_first_attempt_fails_at_the_student_stage(scenario):
@@ -112,7 +112,7 @@ def test_retry_reruns_only_the_failed_stage_and_after(scenario):
     runs = _task_runs(scenario["flow_run_id"])
     for stage in STAGES:
         assert runs[stage][-1].state.name == "Cached", stage
-    for stage in ("train_student", "evaluate"):
+    for stage in ("train_student", "evaluate", "publish"):
         assert runs[stage][-1].state.name == "Completed", stage
     # earlier stage outputs untouched by the retry
     for path, mtime in scenario["before_retry"].items():
@@ -240,6 +240,7 @@ def test_mlflow_parent_run_with_one_finished_child_per_stage(scenario):
         "cluster": {"pseudo_labels.parquet"},
         "train_student": {"student.pt", "history.json"},
         "evaluate": {"metrics.json", "report.md"},
+        "publish": {"gallery_student", "gallery_teacher"},
     }
     for stage, names in expected.items():
         run = finished[stage]
@@ -278,6 +279,23 @@ def test_prefect_artifacts_show_metrics_and_progress(scenario):
         everything = client.read_artifacts()
     assert "map_at_r" in str(table.data)
     assert any(a.type == "progress" and a.data == 100.0 for a in everything)
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    student = next(r for r in rows if r["model"] == "student")
+    fraction = scenario["retried"].result()["metrics"]["student/map_at_r"]
+    assert student["map_at_r"] == f"{100 * fraction:.2f}"  # people read percent
+
+
+def test_slade_core_logs_reach_the_flow_run_logs(scenario):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[scenario["flow_run_id"]]))
+        )
+    assert any(
+        log.name.startswith("slade_core") and "prepared index" in log.message for log in logs
+    )
 
 
 @pytest.mark.parametrize(
@@ -372,3 +390,120 @@ def test_training_pool_without_a_worker_fails_in_bounded_time_saying_what_to_sta
     (parent,) = [r for r in runs if r.data.tags.get("slade.kind") == "pipeline"]
     assert parent.info.status == "FAILED"
     assert "RUNNING" not in {r.info.status for r in runs}
+
+
+def _registry():
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    versions = client.search_model_versions("name = 'slade-embedder'")
+    return client, {int(v.version): v for v in versions}
+
+
+def test_student_is_registered_champion_then_an_identical_rerun_is_challenger(scenario):
+    client, versions = _registry()
+    first, second = scenario["retried"].result(), scenario["again"].result()
+    assert first["registered"] == {"name": "slade-embedder", "version": "1", "alias": "champion"}
+    assert second["registered"]["alias"] == "challenger"
+    assert sorted(versions) == [1, 2]
+    assert client.get_model_version_by_alias("slade-embedder", "champion").version in (1, "1")
+    assert client.get_model_version_by_alias("slade-embedder", "challenger").version in (2, "2")
+    tags = versions[1].tags
+    assert tags["slade.pipeline_run"] == first["mlflow_run_id"]
+    assert tags["slade.preset"] == "tiny" and tags["slade.code_version"]
+    assert float(tags["slade.test_map_at_r"]) == first["metrics"]["student/map_at_r"]
+    # equal scores do not move the champion
+    assert versions[2].tags["slade.champion_map_at_r"] == tags["slade.test_map_at_r"]
+
+
+def test_logged_model_embeds_raw_images_like_the_pipeline(scenario):
+    import mlflow.artifacts
+    import mlflow.models
+    import mlflow.pytorch
+    import numpy as np
+
+    from slade_core.embeddings import read_embeddings
+    from slade_core.search import embed_images, image_array
+
+    client, versions = _registry()
+    run = client.get_run(versions[1].run_id)
+    assert run.data.tags["slade.stage"] == "publish"
+    model = client.get_logged_model(scenario["retried"].result()["model"].split("/")[-1])
+    assert model.source_run_id == versions[1].run_id and model.name == "student"
+    assert {m.key.split("/")[0] for m in model.metrics} == {"student"}
+    test_map = {m.key: m for m in model.metrics}["student/test_map_at_r"]
+    assert test_map.value == float(versions[1].tags["slade.test_map_at_r"])
+    (dataset,) = [d.dataset for d in run.inputs.dataset_inputs]
+    assert (test_map.dataset_name, test_map.dataset_digest) == (dataset.name, dataset.digest)
+    local = mlflow.artifacts.download_artifacts("models:/slade-embedder@champion")
+    logged = mlflow.models.Model.load(local)
+    assert logged.signature.inputs.inputs[0].shape == (-1, -1, -1, 3)
+    assert logged.signature.outputs.inputs[0].shape == (-1, 16)
+    example = logged.load_input_example(local)
+    assert example.shape == (1, 32, 32, 3) and example.dtype == np.uint8  # the run's image size
+    requirements = (Path(local) / "requirements.txt").read_text()
+    assert "torch==" in requirements and "faiss-cpu" in requirements
+    assert (Path(local) / "code" / "slade_core" / "search.py").is_file()
+    embedder = mlflow.pytorch.load_model("models:/slade-embedder@champion")
+    index = pd.read_parquet(_stage_dir(scenario, "prepare_data") / "index.parquet")
+    test = index[index["split"] == "test"].head(4)
+    got = embed_images(embedder, test["path"].tolist())
+    assert got.shape == (4, 16)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    evaluated = read_embeddings(_stage_dir(scenario, "evaluate") / "embeddings_student.parquet")
+    position = {image_id: i for i, image_id in enumerate(evaluated.image_ids)}
+    expected = evaluated.embeddings[[position[i] for i in test["image_id"]]]
+    # tensor resize (the model) vs PIL resize (the stages): the same vectors up to resampling
+    assert (np.sum(got * expected, axis=1) > 0.98).all()
+    # the pyfunc flavour takes the signature's uint8 batch
+    pyfunc = mlflow.pyfunc.load_model("models:/slade-embedder/1")
+    out = pyfunc.predict(image_array(test["path"].iloc[0]))
+    assert np.asarray(out).shape == (1, 16)
+
+
+def test_pipeline_run_shows_its_dataset_and_models(scenario):
+    client, _ = _mlflow()
+    result = scenario["retried"].result()
+    parent = client.get_run(result["mlflow_run_id"])
+    lineage = json.loads((_stage_dir(scenario, "prepare_data") / "lineage.json").read_text())
+    (dataset,) = [d.dataset for d in parent.inputs.dataset_inputs]
+    assert (dataset.name, dataset.digest) == ("tiny-index", lineage["digest"])
+    assert {m.model_id for m in parent.outputs.model_outputs} >= {result["model"].split("/")[-1]}
+
+
+def test_slade_search_finds_the_class_of_a_held_out_image(scenario, tmp_path, capsys):
+    from PIL import Image, ImageOps
+
+    from tasks.cli import main
+
+    index = pd.read_parquet(_stage_dir(scenario, "prepare_data") / "index.parquet")
+    query = index[index["split"] == "test"].iloc[0]
+    # a new file (mirrored) of a test image: never seen in training, not itself in the gallery
+    path = tmp_path / "query.png"
+    ImageOps.mirror(Image.open(query["path"]).convert("RGB")).save(path)
+    grid = tmp_path / "grid.png"
+    assert main(["search", str(path), "--k", "3", "--grid", str(grid)]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert [int(r[0]) for r in rows] == [1, 2, 3]
+    assert [float(r[1]) for r in rows] == sorted(float(r[1]) for r in rows)
+    assert int(query["label"]) in {int(r[2]) for r in rows}
+    assert Image.open(grid).size[0] > 4 * 112
+
+
+def test_slade_search_takes_any_runs_model(scenario, capsys):
+    from tasks.cli import main
+
+    _, versions = _registry()
+    image = pd.read_parquet(_stage_dir(scenario, "prepare_data") / "index.parquet").path[0]
+    uri = f"runs:/{versions[1].run_id}/teacher"  # the publish run's teacher model
+    assert main(["search", image, "--k", "1", "--model", uri]) == 0
+    assert f"(model {uri})" in capsys.readouterr().out
+
+
+def test_slade_search_names_a_missing_model(scenario, tmp_path):
+    from tasks.cli import main
+
+    image = pd.read_parquet(_stage_dir(scenario, "prepare_data") / "index.parquet").path[0]
+    with pytest.raises(SystemExit, match="cannot load 'models:/nope@champion'"):
+        main(["search", image, "--model", "models:/nope@champion"])

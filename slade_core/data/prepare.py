@@ -106,6 +106,25 @@ def prepare_data(data: DataPreset, out_dir: Path, downloads_dir: Path) -> Prepar
     return PreparedData(out_dir / "index.parquet", report_path, counts)
 
 
+def index_dataset(
+    ref: DatasetRef, downloads_dir: Path, split: str, out_path: Path, workers: int | None = None
+) -> Path:
+    """One dataset alone as an index.parquet whose rows all have `split` (e.g. a search
+    gallery): fetched, parsed, subset and decode-checked like prepare_data's; labels are
+    0..C-1 over its own classes."""
+    manifest = ref.manifest()
+    root = acquire(manifest, downloads_dir)
+    frame, _ = _subset(parse_dataset(manifest, root).assign(split=split), ref, manifest)
+    index, check = _check(_finish(frame, root, manifest.name), workers)
+    if index.empty:
+        raise DataError(
+            f"dataset {manifest.name!r} has no readable images ({check['bad_count']} bad): "
+            f"check its path {root}"
+        )
+    _write(_remap_labels(index), Path(out_path))
+    return Path(out_path)
+
+
 def _subset(frame: pd.DataFrame, ref: DatasetRef, manifest: Any) -> tuple[pd.DataFrame, dict]:
     return apply_subset(frame, ref.subset or manifest.subset)
 

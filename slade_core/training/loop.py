@@ -159,15 +159,14 @@ def run_epochs(
         for module in modules.values():
             module.train()
         totals: dict[str, torch.Tensor] = {}
-        bar = tqdm(
-            source.batches(epoch),
+        bar = tqdm(  # counts steps; off on other ranks and when stderr is not a terminal
             total=iterations,
             desc=f"{stage} {epoch}/{epochs}",
             leave=False,
             mininterval=2.0,
-            disable=not main,
+            disable=None if main else True,
         )
-        for i, (inputs, positions) in enumerate(bar):
+        for i, (inputs, positions) in enumerate(source.batches(epoch)):
             loss, metrics = step(inputs, positions, (epoch - 1) * iterations + i)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -178,7 +177,8 @@ def run_epochs(
                 value = torch.as_tensor(value).detach().float()
                 totals[name] = totals[name] + value if name in totals else value
             if i % 20 == 0:
-                bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}", refresh=False)
+            bar.update(1)
         bar.close()
         summary = {name: float(total) / iterations for name, total in totals.items()}
         if epoch_metrics is not None:
