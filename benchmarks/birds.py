@@ -65,13 +65,17 @@ METRICS = ("map_at_r", "r_precision", "precision_at_1")
 DEFAULTS: dict[str, Any] = {
     "model.image_size": 128,
     "model.embedding_dim": 1280,  # the trunk's width: the orthogonal head starts as an isometry
-    "runtime.cached_views": 1,
+    "model.trainable_blocks": 1,  # the last Lite0 stage + conv head train on cached 4x4 maps
+    "runtime.cached_views": 4,
     "teacher.loss.name": "multi_similarity",  # reality-check CUB values (library defaults)
     "teacher.optim.epochs": 10,
     "teacher.optim.lr": 3e-5,
+    "teacher.optim.schedule": "cosine",
     "student.loss.name": "multi_similarity",
-    "student.optim.epochs": 10,
+    "student.optim.epochs": 5,
     "student.optim.lr": 3e-5,
+    "student.optim.schedule": "cosine",
+    "student.lambda2": 0.05,  # keeps L_CE's gradient at the embedding near L_rank's
     "cluster.k": 400,
 }
 # --quick: a smoke run of every code path in a few minutes (small images, few classes).
@@ -108,6 +112,7 @@ ROW_DIRS = {
     ROUND2_ROW: "round2",
 }
 ROW_GROUPS = ("trunk", "pml", "teacher", "controls", "students", "full", "oracle", "rounds")
+DEFAULT_ROWS = ("trunk", "teacher", "controls", "students", "oracle", "rounds")
 STUDENT_ROW_GROUPS = {"controls", "students", "full", "oracle", "rounds"}
 ROW_ORDER = [
     TRUNK_ROW,
@@ -149,7 +154,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="extra dotted config override, e.g. student.lambda1=0.5 (value parsed as JSON)",
     )
-    p.add_argument("--rows", help=f"comma-separated subset of: {','.join(ROW_GROUPS)}")
+    p.add_argument(
+        "--rows",
+        help=f"comma-separated subset of: {','.join(ROW_GROUPS)} "
+        f"(default {','.join(DEFAULT_ROWS)}; 'full' is the full student alone)",
+    )
     return p.parse_args(argv)
 
 
@@ -556,7 +565,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     data_root = check_data_root(args.data_root)
     os.environ["SLADE_DATA_ROOT"] = str(data_root)  # read by the cub100/birds525 manifests
     config = build_config(args)
-    rows = set((args.rows or ",".join(ROW_GROUPS)).split(","))
+    rows = set((args.rows or ",".join(DEFAULT_ROWS)).split(","))
     unknown = rows - set(ROW_GROUPS)
     if unknown:
         raise SystemExit(f"--rows: unknown {sorted(unknown)}; use {','.join(ROW_GROUPS)}")
