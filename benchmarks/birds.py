@@ -60,24 +60,8 @@ REPO = Path(__file__).resolve().parents[1]
 PRESET = "birds_offline"
 METRICS = ("map_at_r", "r_precision", "precision_at_1")
 
-# The benchmark's hyperparameters as dotted PipelineConfig overrides on top of the preset.
-# Chosen on the --validation protocol (held-out training classes), see benchmarks/README.md.
-DEFAULTS: dict[str, Any] = {
-    "model.image_size": 128,
-    "model.embedding_dim": 1280,  # the trunk's width: the orthogonal head starts as an isometry
-    "model.trainable_blocks": 1,  # the last Lite0 stage + conv head train on cached 4x4 maps
-    "runtime.cached_views": 4,
-    "teacher.loss.name": "multi_similarity",  # reality-check CUB values (library defaults)
-    "teacher.optim.epochs": 10,
-    "teacher.optim.lr": 3e-5,
-    "teacher.optim.schedule": "cosine",
-    "student.loss.name": "multi_similarity",
-    "student.optim.epochs": 5,
-    "student.optim.lr": 3e-5,
-    "student.optim.schedule": "cosine",
-    "student.lambda2": 0.05,  # keeps L_CE's gradient at the embedding near L_rank's
-    "cluster.k": 400,
-}
+# The benchmark's hyperparameters are the preset's (data_manifests/presets/birds_offline.yaml),
+# chosen on the --validation protocol (held-out training classes), see benchmarks/README.md.
 # --quick: a smoke run of every code path in a few minutes (small images, few classes).
 QUICK: dict[str, Any] = {
     "model.image_size": 64,
@@ -177,8 +161,8 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
 
 
 def build_config(args: argparse.Namespace) -> PipelineConfig:
-    """Preset <- benchmark defaults <- --quick <- flags <- --set."""
-    overrides = dict(DEFAULTS)
+    """Preset <- --quick <- flags <- --set."""
+    overrides: dict[str, Any] = {}
     if args.quick:
         overrides |= QUICK
     flags = {
