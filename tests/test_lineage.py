@@ -87,7 +87,7 @@ def test_trunk_features_are_recomputed_when_an_image_changes(tmp_path):
     import numpy as np
 
     from slade_core.config import ModelConfig, RuntimeConfig
-    from slade_core.features import trunk_feature_file
+    from slade_core.features import prefix_feature_file
     from slade_core.models import create_model
 
     model = create_model(ModelConfig(weights="none", image_size=32, embedding_dim=8))
@@ -96,11 +96,11 @@ def test_trunk_features_are_recomputed_when_an_image_changes(tmp_path):
         _image(tmp_path / f"{i}.png", i)
     frame = pd.DataFrame({"image_id": ["a", "b"], "path": [str(tmp_path / "0.png"), "x"]})
     frame.loc[1, "path"] = str(tmp_path / "1.png")
-    first = trunk_feature_file(model, frame, None, runtime)
-    assert trunk_feature_file(model, frame, None, runtime) == first
+    first = prefix_feature_file(model, frame, None, runtime)
+    assert prefix_feature_file(model, frame, None, runtime) == first
     _image(tmp_path / "1.png", 5)
     os.utime(tmp_path / "1.png", ns=(0, (tmp_path / "0.png").stat().st_mtime_ns + 10**9))
-    second = trunk_feature_file(model, frame, None, runtime)
+    second = prefix_feature_file(model, frame, None, runtime)
     assert second != first
     assert not np.array_equal(np.load(first)[1], np.load(second)[1])
 
