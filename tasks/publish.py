@@ -86,7 +86,7 @@ def gallery_images(config) -> str:
     return source_digest([ref] if ref else [], downloads_dir())
 
 
-@stage_task("publish", ("runtime", "publish"), inputs=gallery_images)
+@stage_task("publish", ("preset", "runtime", "publish"), inputs=gallery_images)
 def publish_task(ctx: StageContext, config, upstream) -> dict[str, float]:
     """Log teacher and student as MLflow models, each with its FAISS gallery index; the run
     gets the index as dataset input, each model its test metrics on that dataset."""

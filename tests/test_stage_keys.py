@@ -8,6 +8,7 @@ the teacher).
 
 from __future__ import annotations
 
+import types
 from pathlib import Path
 from unittest import mock
 
@@ -20,7 +21,7 @@ from tasks.stage import stage_key
 
 UPSTREAM = {
     name: {"stage": name, "key": f"key-{name}", "run_id": f"run-{name}", "checkpoint": "m.pt"}
-    for name in ("data", "teacher", "embeddings", "pseudo_labels", "student")
+    for name in ("data", "teacher", "embeddings", "pseudo_labels", "student", "evaluate")
 }
 
 
@@ -42,14 +43,25 @@ class Recording:
 
 
 def sections_read(stage: str, config, tmp_path: Path, monkeypatch) -> set[str]:
-    """Run the stage body with everything it calls outside tasks/ stubbed."""
+    """Run the stage body with everything it calls outside its own module stubbed (the
+    library, MLflow, other tasks modules' I/O); its own helpers run and record their reads."""
     task = STAGES[stage]
     module = __import__(task.fn.stage_body.__module__, fromlist=["_"])
     for name, value in vars(module).items():
-        if callable(value) and not getattr(value, "__module__", "").startswith("tasks."):
-            monkeypatch.setattr(module, name, mock.MagicMock(name=name))
+        foreign = getattr(value, "__module__", module.__name__) != module.__name__
+        if isinstance(value, types.ModuleType) or (callable(value) and foreign):
+            stub = mock.MagicMock(name=name)
+            # results unpack as pairs (`net, meta = load_model(...)`)
+            stub.return_value.__iter__.side_effect = lambda: iter([mock.MagicMock()] * 2)
+            monkeypatch.setattr(module, name, stub)
     ctx = mock.MagicMock(work_dir=tmp_path, outputs={})
-    ctx.input.side_effect = lambda result, name: tmp_path / name
+
+    def stage_file(result, name):  # an upstream file: present, contents stubbed by json
+        path = tmp_path / name
+        path.touch()
+        return path
+
+    ctx.input.side_effect = stage_file
     recording = Recording(config)
     task.fn.stage_body(ctx, recording, UPSTREAM)
     return recording.read
