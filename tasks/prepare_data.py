@@ -26,7 +26,9 @@ def local_images(config) -> str:
     return source_digest([config.data.labeled, *config.data.unlabeled], downloads_dir())
 
 
-@stage_task("prepare_data", ("preset", "data"), inputs=local_images, retries=1, retry_delay_seconds=10)
+@stage_task(
+    "prepare_data", ("preset", "data"), inputs=local_images, retries=1, retry_delay_seconds=10
+)
 def prepare_data_task(ctx: StageContext, config, upstream) -> dict[str, float]:
     """Index the labeled and unlabeled images; downloads are retried once."""
     prepared = prepare_data(config.data, ctx.work_dir, downloads_dir())
