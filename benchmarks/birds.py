@@ -1,15 +1,17 @@
-"""Bird benchmark: SLADE on real offline images, against its teacher and a PML baseline.
+"""Bird benchmark: SLADE on real offline images, against its teacher and honest controls.
 
 Protocol (../shared/data/README.md): cub100 classes 0-49 labeled, classes 50-99 test (every
 test image a query against all others), birds525 unlabeled after the data layer's leakage
-filter. The trunk is ImageNet EfficientNet-Lite0, frozen unless --finetune; its features are
-cached once per augmented view under --cache-dir and shared by every row and seed.
+filter. Hyperparameters are the birds_offline preset's: ImageNet EfficientNet-Lite0 with its
+last stage trainable on cached maps of the frozen prefix (--set model.trainable_blocks=N
+changes it, --finetune trains everything from images); prefix outputs are cached once per
+augmented view under --cache-dir and shared by every row and seed.
 
-Rows: the pretrained trunk's own pooled features (no training), a pytorch-metric-learning
-baseline (its ContrastiveLoss or MultiSimilarityLoss, as the teacher, + MPerClassSampler, a
-plain loop, the teacher's head, optimiser and budget), the teacher, and the poster's student
-ablation (pseudo labels only, + basis, + basis + mining); each student starts from the
-teacher of its seed.
+Rows: the pretrained trunk's own pooled features (no training), the teacher, its control
+(the student's extra steps on labeled data only), the poster's student ablation (pseudo
+labels only, + basis, + basis + mining), a second self-training round, the student with
+oracle labels (a diagnostic), and on request a pytorch-metric-learning baseline; each
+student starts from the teacher of its seed.
 
     .venv/bin/python benchmarks/birds.py --out results_birds.json
     .venv/bin/python benchmarks/birds.py --quick --out /tmp/quick.json     # smoke run
