@@ -10,6 +10,7 @@ scripts/env.sh` for the local services), else the SQLite store under ./.slade/ml
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,8 @@ DEFAULT_MODEL = "models:/slade-embedder@champion"
 
 def search(images: Sequence[str], model_uri: str, k: int, grid: str | None) -> list:
     """Embed the query images with the model and return their top-k gallery neighbours."""
+    # the model's files are fetched once per search: a download bar per file is only noise
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow.artifacts
     import mlflow.pytorch
     from mlflow.exceptions import MlflowException
