@@ -16,6 +16,7 @@ student starts from the teacher of its seed.
     .venv/bin/python benchmarks/birds.py --out results_birds.json
     .venv/bin/python benchmarks/birds.py --quick --out /tmp/quick.json     # smoke run
     .venv/bin/python benchmarks/birds.py --validation --set student.lambda1=0.5   # tuning
+    .venv/bin/python benchmarks/birds.py --data benchmarks/presets/birds_reverse.yaml  # other data
 
 See benchmarks/README.md for what it prints and the measured results.
 """
@@ -134,6 +135,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--holdout", type=int, default=15, help="classes held out by --validation")
     p.add_argument(
+        "--data",
+        metavar="PRESET",
+        help="take the data section (labeled, unlabeled, filter) from this preset (name or "
+        "path), every other setting from birds_offline: the same defaults on other data, "
+        "e.g. benchmarks/presets/birds_reverse.yaml",
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],
@@ -178,6 +186,8 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
     overrides |= parse_overrides(args.set)
     overrides["runtime.feature_cache_dir"] = str(args.cache_dir)
     config = load_experiment(PRESET, overrides)
+    if args.data:
+        config.data = load_experiment(args.data).data
     if args.quick:
         data = config.data
         labeled = data.labeled.model_copy(

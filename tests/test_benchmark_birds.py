@@ -88,6 +88,17 @@ def test_overrides_parse_json_values_and_reject_missing_equals(birds):
         birds.parse_overrides(["student.lambda1"])
 
 
+def test_data_flag_swaps_only_the_data_section(birds):
+    """--data runs birds_offline's settings on another preset's data (the unseen-data check)."""
+    reverse = str(SCRIPT.parent / "presets" / "birds_reverse.yaml")
+    base = birds.build_config(birds.parse_args(["--set", "cluster.k=123"]))
+    swapped = birds.build_config(birds.parse_args(["--data", reverse, "--set", "cluster.k=123"]))
+    assert swapped.data.labeled.manifest().name == "birds525"
+    assert [ref.manifest().name for ref in swapped.data.unlabeled] == ["cub100"]
+    assert swapped.model_dump(exclude={"data"}) == base.model_dump(exclude={"data"})
+    assert swapped.cluster.k == 123 and swapped.preset == "birds_offline"
+
+
 def test_holdout_index_hides_the_test_classes(birds, tmp_path):
     rows = []
     for label in range(12):
