@@ -1,6 +1,9 @@
 # Environment of the team stack (scripts/team-stack.sh); `source scripts/team-env.sh` to use
 # the prefect / mlflow CLIs against it, or on another machine before starting a worker there.
 # Every value can be preset by the caller; docker-compose.yml sets the same variables.
+# Its own SLADE_HOME: pids, logs and stage directories apart from `make demo`'s .slade.
+SLADE_HOME="${SLADE_HOME:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.slade-team}"
+export SLADE_HOME
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 
 # S3: an existing server (MinIO, AWS, ...) when SLADE_S3_ENDPOINT_URL is set, else the local

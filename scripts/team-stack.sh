@@ -97,7 +97,7 @@ postgres_down() {
 
 s3_up() {
     if [[ -n "${SLADE_S3_LOCAL:-}" ]]; then
-        server s3 "$SLADE_S3_ENDPOINT_URL/moto-api/" \
+        team_server s3 "$SLADE_S3_ENDPOINT_URL/moto-api/" \
             moto_server -H 127.0.0.1 -p "$SLADE_S3_PORT"
     fi
     python - <<'EOF'
@@ -144,6 +144,14 @@ worker() {  # worker POOL
         --name "slade-$pool-$(hostname)-$$"
 }
 
+team_server() {  # team_server NAME URL CMD...: like `server`, never reusing a foreign one
+    if healthy "$2" && ! alive "$1"; then
+        echo "$1: something else answers at $2 (make stop?); choose another port" >&2
+        return 1
+    fi
+    server "$@"
+}
+
 up() {
     local db mlflow_url="http://127.0.0.1:$SLADE_MLFLOW_PORT"
     postgres_up
@@ -151,10 +159,10 @@ up() {
     db=$(database_address)
     # the database URLs only in the servers' environment (not on a command line `ps` shows)
     PREFECT_API_DATABASE_CONNECTION_URL="postgresql+asyncpg://$db/prefect" \
-        server prefect-server "$PREFECT_API_URL/health" \
+        team_server prefect-server "$PREFECT_API_URL/health" \
         prefect server start --host 127.0.0.1 --port "$SLADE_PREFECT_PORT" &
     MLFLOW_BACKEND_STORE_URI="postgresql+psycopg2://$db/mlflow" MLFLOW_S3_ENDPOINT_URL="$SLADE_S3_ENDPOINT_URL" \
-        server mlflow-server "$mlflow_url/health" \
+        team_server mlflow-server "$mlflow_url/health" \
         mlflow server --host 127.0.0.1 --port "$SLADE_MLFLOW_PORT" --workers 1 \
         --artifacts-destination "s3://$SLADE_MLFLOW_BUCKET/" \
         --allowed-hosts "127.0.0.1:$SLADE_MLFLOW_PORT,localhost:$SLADE_MLFLOW_PORT" &
