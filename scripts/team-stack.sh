@@ -18,7 +18,7 @@ SECRETS="$SLADE_HOME/team"
 pg_bin() {  # directory of initdb / pg_ctl: PATH, else Debian's /usr/lib/postgresql/<ver>/bin
     local initdb
     if initdb=$(command -v initdb); then dirname "$(readlink -f "$initdb")"; return; fi
-    initdb=$(ls -d /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -n 1)
+    initdb=$(ls -d /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -n 1 || true)
     [[ -n "$initdb" ]] || {
         echo "PostgreSQL server binaries not found: apt-get install -y postgresql" \
             "(or set SLADE_DATABASE_URL to an existing server)" >&2
