@@ -25,7 +25,7 @@ export AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-us-east-1}"
 
 # Prefect task and flow results go to S3 (a prefect-aws S3Bucket block that names only the
 # bucket; keys and endpoint come from each machine's AWS_* variables), so a stage run by a
-# worker on another machine hands its result back and a retry finds it, wherever it runs.
+# worker on another machine hands its result back, and a retry finds it there.
 export PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK="${PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK:-s3-bucket/$SLADE_RESULTS_BLOCK}"
 export PREFECT_RESULTS_PERSIST_BY_DEFAULT="${PREFECT_RESULTS_PERSIST_BY_DEFAULT:-true}"
 
