@@ -2,7 +2,7 @@
 # client versions always match the pins in pyproject.toml (prefect 3.9, mlflow 3.17,
 # torch==2.14.1). torch comes from PyPI (its CUDA build): the same image runs on the CPU
 # worker and, with an NVIDIA device reserved, on the GPU worker.
-FROM python:3.11-slim
+FROM python:3.11.13-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -19,12 +19,12 @@ RUN apt-get update \
 WORKDIR /app
 
 # Dependencies first, from pyproject.toml alone, so code edits do not reinstall torch.
-# Server extras: psycopg2 (MLflow's postgres store) and boto3 (MLflow's S3 artifact proxy);
-# Prefect's postgres driver (asyncpg) is already a Prefect dependency.
+# The `team` extra: psycopg2 (MLflow's postgres store), boto3 (MLflow's S3 artifact proxy)
+# and prefect-aws (Prefect results in S3); Prefect's postgres driver (asyncpg) comes with it.
 COPY pyproject.toml README.md* ./
 RUN mkdir -p slade_core tasks flows \
     && touch slade_core/__init__.py tasks/__init__.py flows/__init__.py \
-    && pip install . "psycopg2-binary>=2.9,<3" "boto3>=1.34" \
+    && pip install ".[team]" \
     && pip uninstall -y slade \
     && rm -rf slade_core tasks flows build ./*.egg-info
 
@@ -37,7 +37,8 @@ RUN pip install --no-deps . \
     && chown -R slade:slade /srv/slade /app
 
 USER slade
-# Results, caches and datasets live on the shared volume mounted here (see docker-compose.yml).
+# Results, caches and datasets live on the shared volume mounted here (see docker-compose.yml,
+# whose workers keep Prefect results in S3 instead of PREFECT_LOCAL_STORAGE_PATH).
 ENV SLADE_RUNS_DIR=/srv/slade/runs \
     PREFECT_LOCAL_STORAGE_PATH=/srv/slade/prefect-results \
     SLADE_DOWNLOADS_DIR=/srv/slade/downloads \

@@ -2,6 +2,8 @@
 #   make demo   venv + install + local Prefect/MLflow services + deploy + quickstart run
 #   make test   venv + install + the test suite
 #   make stop   stop the services `make demo` started
+#   make team   the team stack without Docker (PostgreSQL, S3, Prefect results on S3) + deploy
+#   make team-stop
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,7 +14,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 export SLADE_VENV := $(abspath $(VENV))
 
-.PHONY: install demo services deploy run stop status test test-fast lint
+.PHONY: install demo services deploy run stop status team team-stop test test-fast lint
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +44,13 @@ stop:
 
 status:
 	scripts/services.sh status
+
+team: install
+	scripts/team-stack.sh up
+	source scripts/team-env.sh && prefect --no-prompt deploy --all
+
+team-stop:
+	scripts/team-stack.sh down
 
 test: install
 	$(BIN)/pytest -q

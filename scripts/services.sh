@@ -5,6 +5,7 @@
 #          $SLADE_HOME/logs.
 #   down   stop what `up` started (by recorded process id; servers we reused are left alone).
 #   status what runs.
+# scripts/team-stack.sh sources this file for its helpers (start, server, stop, ...).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 PIDS="$SLADE_HOME/pids"
@@ -49,7 +50,7 @@ server() {  # server NAME HEALTH_URL CMD...
         return
     fi
     alive "$name" || start "$name" "$@"
-    wait_healthy "$name" "$url" 120
+    wait_healthy "$name" "$url" "${SLADE_START_TIMEOUT:-180}"
     echo "$name: up at $url"
 }
 
@@ -62,7 +63,7 @@ up() {
         --backend-store-uri "sqlite:///$SLADE_HOME/mlflow/mlflow.db" \
         --artifacts-destination "$SLADE_HOME/mlflow/artifacts" \
         --allowed-hosts "127.0.0.1:$SLADE_MLFLOW_PORT,localhost:$SLADE_MLFLOW_PORT" &
-    wait -n && wait -n  # both servers start in parallel; fail if either fails
+    wait -n; wait -n  # both servers start in parallel; fail if either fails (not `&&`: set -e)
     for pool in cpu-pool gpu-pool; do
         prefect work-pool inspect "$pool" >/dev/null 2>&1 ||
             prefect work-pool create "$pool" --type process >/dev/null
@@ -76,17 +77,20 @@ up() {
     echo "MLflow UI:  $mlflow_url"
 }
 
+stop() {  # stop NAME: the process group we started, by its recorded pid
+    local name=$1 pid
+    alive "$name" || { rm -f "$PIDS/$name.pid"; return 0; }
+    pid=$(cat "$PIDS/$name.pid")
+    echo "stopping $name (pid $pid)"
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid"
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL -- "-$pid" 2>/dev/null || true
+    rm -f "$PIDS/$name.pid"
+}
+
 down() {
-    local name pid
-    for name in worker prefect-server mlflow-server; do
-        alive "$name" || { rm -f "$PIDS/$name.pid"; continue; }
-        pid=$(cat "$PIDS/$name.pid")
-        echo "stopping $name (pid $pid)"
-        kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid"
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-        kill -KILL -- "-$pid" 2>/dev/null || true
-        rm -f "$PIDS/$name.pid"
-    done
+    local name
+    for name in worker prefect-server mlflow-server; do stop "$name"; done
 }
 
 status() {
@@ -97,7 +101,9 @@ status() {
     done
 }
 
-case "${1:-}" in
-up | down | status) "$1" ;;
-*) echo "usage: $0 up|down|status" >&2; exit 2 ;;
-esac
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+    case "${1:-}" in
+    up | down | status) "$1" ;;
+    *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+    esac
+fi

@@ -1,13 +1,17 @@
 """The team-server compose file, checked statically (docker cannot run in the test machine).
 
 Each rule is a function returning problems; the real file must have none, and deliberately
-broken copies must be caught, so a rule that stopped checking would fail here too.
+broken copies must be caught, so a rule that stopped checking would fail here too. The
+compose file must also be the configuration of scripts/team-stack.sh (the same stack without
+Docker, run for real by tests/test_team_stack.py): same databases and drivers, same buckets,
+Prefect results in S3 through the same block.
 """
 
 from __future__ import annotations
 
 import copy
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +24,13 @@ POOLS = {"cpu-worker": "cpu-pool", "gpu-worker": "gpu-pool"}
 VAR = re.compile(r"\$\{(?P<name>\w+)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
 SECRET_KEY = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY", re.IGNORECASE)
 URL_PASSWORD = re.compile(r"://[^/:@\s]+:(?P<password>[^@\s]+)@")
+EXPORT = re.compile(r'^export (?P<name>\w+)="\$\{(?P=name):-(?P<default>[^}"]*)\}"', re.MULTILINE)
+
+
+def team_env_defaults() -> dict[str, str]:
+    """The defaults scripts/team-env.sh exports (`export NAME="${NAME:-default}"`)."""
+    text = (ROOT / "scripts" / "team-env.sh").read_text()
+    return {m["name"]: m["default"] for m in EXPORT.finditer(text)}
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +63,16 @@ def env_of(service: dict[str, Any]) -> dict[str, str]:
 def command_of(service: dict[str, Any]) -> str:
     cmd = service.get("command") or ""
     return " ".join(cmd) if isinstance(cmd, list) else str(cmd)
+
+
+def worker_command(service: dict[str, Any]) -> list[str] | None:
+    """The `prefect worker start` arguments: the whole command, or the last step of `sh -c`."""
+    cmd = command_of(service)
+    if service.get("entrypoint") in (["/bin/sh", "-c"], ["sh", "-c"]):
+        *_, last = cmd.split("&&")
+        cmd = last.strip().removeprefix("exec ")  # exec: the worker gets the stop signal
+    words = cmd.split()
+    return words if words[:3] == ["prefect", "worker", "start"] else None
 
 
 def is_one_shot(service: dict[str, Any]) -> bool:
@@ -131,9 +152,10 @@ def worker_problems(c: dict[str, Any]) -> list[str]:
         if svc is None:
             problems.append(f"{name}: missing")
             continue
-        cmd = command_of(svc).split()
-        if cmd[:3] != ["prefect", "worker", "start"]:
-            problems.append(f"{name}: does not run `prefect worker start`")
+        cmd = worker_command(svc)
+        if cmd is None:
+            problems.append(f"{name}: does not run `prefect worker start` (last, exec'd by sh)")
+            cmd = []
         if not {("--pool", pool), ("--type", "process")} <= set(zip(cmd, cmd[1:], strict=False)):
             problems.append(f"{name}: must poll --pool {pool} with --type process")
         volumes = {
@@ -143,9 +165,8 @@ def worker_problems(c: dict[str, Any]) -> list[str]:
         if mounts[name] is None or mounts[name] not in (c.get("volumes") or {}):
             problems.append(f"{name}: no named volume mounted at {SHARED_MOUNT}")
         env = env_of(svc)
-        for key in ("SLADE_RUNS_DIR", "PREFECT_LOCAL_STORAGE_PATH"):
-            if not env.get(key, "").startswith(SHARED_MOUNT + "/"):
-                problems.append(f"{name}: {key} must point into {SHARED_MOUNT}")
+        if not env.get("SLADE_RUNS_DIR", "").startswith(SHARED_MOUNT + "/"):
+            problems.append(f"{name}: SLADE_RUNS_DIR must point into {SHARED_MOUNT}")
         if env.get("PREFECT_API_URL") != "http://prefect-server:4200/api":
             problems.append(f"{name}: PREFECT_API_URL does not reach the prefect-server service")
         if env.get("MLFLOW_TRACKING_URI") != "http://mlflow:5000":
@@ -155,7 +176,73 @@ def worker_problems(c: dict[str, Any]) -> list[str]:
     return problems
 
 
-RULES = [health_problems, port_problems, secret_problems, gpu_problems, worker_problems]
+def pinned_problems(c: dict[str, Any]) -> list[str]:
+    """Every image an exact version: a tag that is not `latest`, no variable that replaces it;
+    the project's own image tagged with the version in pyproject.toml."""
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    problems = []
+    for name, svc in c["services"].items():
+        image = str(svc.get("image", ""))
+        repo, _, tag = image.rpartition(":")
+        if VAR.search(image) or not repo or "/" in tag or tag == "latest":
+            problems.append(f"{name}: image {image!r} is not pinned to an exact version")
+        elif not re.search(r"\d", tag) or re.fullmatch(r"\d+(-\w+)?", tag):
+            problems.append(f"{name}: image {image!r}: tag is not an exact version")
+        if "build" in svc and image != f"slade:{version}":
+            problems.append(f"{name}: builds {image!r}, not slade:{version} (pyproject.toml)")
+    return problems
+
+
+def wait_problems(c: dict[str, Any]) -> list[str]:
+    """`docker compose up -d --wait` succeeds by design: every service it starts (no profile)
+    keeps running with a healthcheck; a one-shot job there would exit and fail the wait."""
+    problems = []
+    for name, svc in c["services"].items():
+        if svc.get("profiles"):
+            continue
+        if svc.get("restart") not in ("unless-stopped", "always"):
+            problems.append(f"{name}: restart {svc.get('restart')!r}: one-shot in `up --wait`")
+        if not (svc.get("healthcheck") or {}).get("test"):
+            problems.append(f"{name}: no healthcheck for `up --wait`")
+    return problems
+
+
+def results_problems(c: dict[str, Any]) -> list[str]:
+    """Workers keep Prefect results in S3 as scripts/team-env.sh configures them."""
+    team = team_env_defaults()
+    block = "s3-bucket/" + team["SLADE_RESULTS_BLOCK"]
+    problems = []
+    for name in POOLS:
+        env = env_of(c["services"].get(name) or {})
+        wanted = {
+            "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK": block,
+            "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
+            "SLADE_RESULTS_BLOCK": team["SLADE_RESULTS_BLOCK"],
+            "SLADE_S3_ENDPOINT_URL": "http://minio:9000",
+            "AWS_ENDPOINT_URL_S3": "http://minio:9000",
+        }
+        for key, value in wanted.items():
+            if env.get(key) != value:
+                problems.append(f"{name}: {key}={env.get(key)!r}, not {value!r}")
+        bucket = resolve_defaults(env.get("SLADE_RESULTS_BUCKET", ""))
+        if bucket != team["SLADE_RESULTS_BUCKET"]:
+            problems.append(f"{name}: results bucket {bucket!r} is not team-env.sh's")
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            if not VAR.fullmatch(env.get(key, "")):
+                problems.append(f"{name}: {key} must come from .env")
+    return problems
+
+
+RULES = [
+    health_problems,
+    port_problems,
+    secret_problems,
+    gpu_problems,
+    worker_problems,
+    pinned_problems,
+    wait_problems,
+    results_problems,
+]
 
 
 @pytest.mark.parametrize("rule", RULES, ids=lambda r: r.__name__)
@@ -192,6 +279,29 @@ def _broken(compose: dict[str, Any], edit) -> dict[str, Any]:
         (worker_problems, lambda s: s["gpu-worker"].update(command="prefect worker start -p gpu")),
         (worker_problems, lambda s: s["gpu-worker"].update(volumes=["other:/srv/slade"])),
         (worker_problems, lambda s: s["cpu-worker"].update(volumes=["slade-results:/data"])),
+        (worker_problems, lambda s: s["cpu-worker"].update(command=["prefect worker start"])),
+        (pinned_problems, lambda s: s["postgres"].update(image="postgres:latest")),
+        (pinned_problems, lambda s: s["postgres"].update(image="postgres")),
+        (pinned_problems, lambda s: s["postgres"].update(image="postgres:17-alpine")),
+        (pinned_problems, lambda s: s["minio"].update(image="${MINIO_IMAGE:-minio/minio:R1}")),
+        (pinned_problems, lambda s: s["mlflow"].update(image="slade:latest")),
+        (
+            wait_problems,
+            lambda s: s.update(deploy={"image": "slade:0.1.0", "restart": "no", "command": "x"}),
+        ),
+        (wait_problems, lambda s: s["minio"].pop("healthcheck")),
+        (
+            results_problems,
+            lambda s: s["cpu-worker"]["environment"].pop("PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK"),
+        ),
+        (
+            results_problems,
+            lambda s: s["gpu-worker"]["environment"].update(AWS_ENDPOINT_URL_S3="http://x:9000"),
+        ),
+        (
+            results_problems,
+            lambda s: s["gpu-worker"]["environment"].update(AWS_SECRET_ACCESS_KEY="hunter2"),
+        ),
     ],
 )
 def test_rules_catch_a_broken_compose_file(compose: dict[str, Any], rule, edit):
@@ -211,12 +321,31 @@ def test_servers_use_postgres_and_s3_artifacts(compose: dict[str, Any]):
     allowed = re.search(r"--allowed-hosts=(\S+)", resolve_defaults(mlflow))
     assert allowed and "mlflow:5000" in allowed[1].split(","), "workers' Host header refused"
     env = env_of(services["mlflow"])
-    assert env["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql")
+    assert env["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg2://")
     assert env["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
-    assert services["mlflow"]["depends_on"]["minio-init"]["condition"] == (
-        "service_completed_successfully"
-    )
-    assert "mc mb" in command_of(services["minio-init"])
+    assert services["mlflow"]["depends_on"]["minio"]["condition"] == "service_healthy"
+    team = team_env_defaults()
+    bucket = re.search(r"--artifacts-destination=s3://([^/\s]+)/", resolve_defaults(mlflow))
+    assert bucket and bucket[1] == team["SLADE_MLFLOW_BUCKET"]
+
+    # MinIO's entrypoint makes both buckets before its healthcheck passes
+    minio = services["minio"]
+    mount = next(v for v in minio["volumes"] if v.endswith(":ro") and ".sh:" in v)
+    script_path, in_container = mount.split(":")[:2]
+    assert minio["entrypoint"][-1] == in_container
+    script = (ROOT / script_path).read_text()
+    assert "mc mb" in script and "touch /tmp/slade-s3-ready" in script
+    assert "test -f /tmp/slade-s3-ready" in " ".join(minio["healthcheck"]["test"])
+    minio_env = {k: resolve_defaults(v) for k, v in env_of(minio).items()}
+    assert minio_env["MLFLOW_BUCKET"] == team["SLADE_MLFLOW_BUCKET"]
+    assert minio_env["RESULTS_BUCKET"] == team["SLADE_RESULTS_BUCKET"]
+    assert '"$MLFLOW_BUCKET"' in script and '"$RESULTS_BUCKET"' in script
+
+    # scripts/team-stack.sh: the same servers, drivers and artifact store, without Docker
+    stack = (ROOT / "scripts" / "team-stack.sh").read_text()
+    assert 'PREFECT_API_DATABASE_CONNECTION_URL="postgresql+asyncpg://' in stack
+    assert 'MLFLOW_BACKEND_STORE_URI="postgresql+psycopg2://' in stack
+    assert '--artifacts-destination "s3://$SLADE_MLFLOW_BUCKET/"' in stack
 
     init = services["postgres"]["volumes"]
     script = next(v.split(":")[0] for v in init if "docker-entrypoint-initdb.d" in v)
@@ -244,13 +373,12 @@ def test_every_required_variable_is_documented_and_env_is_not_committed(
 def test_dockerfile_installs_the_project_for_every_python_service(compose: dict[str, Any]):
     dockerfile = (ROOT / "Dockerfile").read_text()
     lines = [line.strip() for line in dockerfile.splitlines()]
-    assert lines[[i for i, line in enumerate(lines) if line.startswith("FROM")][0]] == (
-        "FROM python:3.11-slim"
-    )
+    base = lines[[i for i, line in enumerate(lines) if line.startswith("FROM")][0]]
+    assert re.fullmatch(r"FROM python:3\.11\.\d+-slim-\w+", base), f"base image not pinned: {base}"
     assert any(line.startswith("COPY pyproject.toml") for line in lines)
-    assert re.search(r"pip install[^\n]*\s\.(\s|$)", dockerfile), "project not pip-installed"
+    assert 'pip install ".[team]"' in dockerfile, "servers' and workers' extra not installed"
     assert "pip install --no-deps ." in dockerfile
-    for name in ("prefect-server", "mlflow", "deploy", *POOLS):
+    for name in ("prefect-server", "mlflow", *POOLS):
         assert compose["services"][name]["build"]["context"] == ".", name
 
 
@@ -262,4 +390,8 @@ def test_worker_pools_match_the_deployments(compose: dict[str, Any]):
     pools = {d["work_pool"]["name"] for d in spec["deployments"] if d.get("work_pool")}
     assert pools <= set(POOLS.values()), f"no worker polls {pools - set(POOLS.values())}"
     assert all(d["entrypoint"].startswith("flows/pipeline.py:") for d in spec["deployments"])
-    assert "prefect --no-prompt deploy --all" in command_of(compose["services"]["deploy"])
+    # registered by the CPU worker before it polls: the same set-up as the team stack's
+    steps = [s.strip() for s in command_of(compose["services"]["cpu-worker"]).split("&&")]
+    assert steps[:2] == ["scripts/team-stack.sh setup", "prefect --no-prompt deploy --all"]
+    assert steps[-1].startswith("exec prefect worker start")
+    assert "setup)" in (ROOT / "scripts" / "team-stack.sh").read_text()
