@@ -48,14 +48,18 @@ class DeviceAugment:
         self.scale = scale
         self.ratio = ratio
         self.flip = flip
-        self._mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        mean_ = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std_ = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        # x * scale + shift == (x / 255 - mean) / std, kept per device (no copy per batch)
+        self._affine = {torch.device("cpu"): (1.0 / (255.0 * std_), -mean_ / std_)}
 
     def _normalise(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, h, w] float in 0..255 -> (x / 255 - mean) / std."""
-        mean = self._mean.to(images.device)
-        std = self._std.to(images.device)
-        return (images * (1.0 / 255.0) - mean) / std
+        if images.device not in self._affine:
+            cpu = self._affine[torch.device("cpu")]
+            self._affine[images.device] = tuple(t.to(images.device) for t in cpu)
+        scale, shift = self._affine[images.device]
+        return torch.addcmul(shift, images, scale)
 
     def eval_view(self, batch: torch.Tensor) -> torch.Tensor:
         """The centre `size` square of each image, normalised."""
@@ -98,13 +102,21 @@ class DeviceAugment:
         theta[:, 0, 2] = (2 * x0 + w) / side - 1
         theta[:, 1, 1] = h / side
         theta[:, 1, 2] = (2 * y0 + h) / side - 1
-        theta = theta.to(batch.device)
+        theta = _to_device(theta, batch.device)
         grid = F.affine_grid(theta, [n, 3, self.size, self.size], align_corners=False)
         images = batch.permute(0, 3, 1, 2).float()
         out = F.grid_sample(
             images, grid, mode="bilinear", padding_mode="border", align_corners=False
         )
         return self._normalise(out)
+
+
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """CPU tensor to `device` without a host-device synchronisation (pinned, non-blocking:
+    a pageable copy would wait for every kernel queued before it)."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def _check(batch: torch.Tensor, size: int) -> int:

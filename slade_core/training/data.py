@@ -159,8 +159,12 @@ class DecodedImageSource:
         memory_format = (
             torch.channels_last if self.precision.channels_last else torch.contiguous_format
         )
+        device = self.precision.device
         for pixels, positions in loader:
-            pixels = pixels.to(self.precision.device, non_blocking=True)
+            # pinned on CUDA: both copies overlap the previous step's kernels, and positions
+            # arrive on the device so the trainer's positions.to(device) does not synchronise
+            pixels = pixels.to(device, non_blocking=True)
+            positions = positions.to(device, non_blocking=True)
             images = self.augment.train_view(pixels, generator)
             yield images.contiguous(memory_format=memory_format), positions
 
