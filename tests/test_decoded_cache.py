@@ -319,12 +319,19 @@ def test_whole_trunk_teacher_trains_from_the_decoded_cache(labeled_index, tmp_pa
     def no_pil(path):
         raise AssertionError(f"PIL decoded {path} during training")
 
-    monkeypatch.setattr(decoded, "load_rgb", no_pil)  # a second run must not decode at all
-    workers_runtime = runtime.model_copy(update={"num_workers": 1})
-    again = train_teacher(
-        labeled_index, _whole_trunk(), _teacher(), workers_runtime, tmp_path / "b"
-    )
-    assert again.history == first.history  # same seed: same crops, whatever the workers
+    monkeypatch.setattr(decoded, "load_rgb", no_pil)  # the cache is built: no decoding now
+
+    def kill_after_first(epoch, total, metrics):
+        if epoch == 1:
+            raise KeyboardInterrupt("simulated kill")
+
+    # one loader worker, killed after epoch 1 and resumed: the same crops, so the same run
+    other = runtime.model_copy(update={"num_workers": 1})
+    out = tmp_path / "b"
+    with pytest.raises(KeyboardInterrupt):
+        train_teacher(labeled_index, _whole_trunk(), _teacher(), other, out, kill_after_first)
+    again = train_teacher(labeled_index, _whole_trunk(), _teacher(), other, out)
+    assert again.history == first.history
     model_b, _ = load_model(again.checkpoint_path)
     for k, v in model.state_dict().items():
         torch.testing.assert_close(model_b.state_dict()[k], v, rtol=0, atol=0)
