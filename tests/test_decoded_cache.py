@@ -3,6 +3,7 @@ and whole-trunk training through them."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -335,3 +336,28 @@ def test_whole_trunk_teacher_trains_from_the_decoded_cache(labeled_index, tmp_pa
     model_b, _ = load_model(again.checkpoint_path)
     for k, v in model.state_dict().items():
         torch.testing.assert_close(model_b.state_dict()[k], v, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_whole_trunk_teacher_under_torchrun_builds_the_cache_once(labeled_index, tmp_path):
+    """Two gloo ranks, a fresh cache: rank 0 builds it while rank 1 waits, both train."""
+    from test_distributed import _torchrun
+
+    config = tmp_path / "config.json"
+    runtime = _runtime(tmp_path, num_workers=0)
+    config.write_text(
+        json.dumps(
+            {
+                "model": _whole_trunk().model_dump(mode="json"),
+                "runtime": runtime.model_dump(mode="json"),
+                "teacher": _teacher().model_dump(mode="json"),
+            }
+        )
+    )
+    out = tmp_path / "two"
+    lines = _torchrun(2, "teacher", "--index", labeled_index, "--config", config, "--out", out)
+    assert lines[-1] == {"checkpoint": str(out / "teacher.pt"), "processes": 2}
+    history = load_model(out / "teacher.pt")[1]["history"]
+    assert len(history) == 2 and all(math.isfinite(h["loss"]) for h in history)
+    assert [p.name[:13] for p in (tmp_path / "cache").iterdir()] == ["decoded-36px-"]
