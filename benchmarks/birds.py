@@ -58,6 +58,7 @@ from slade_core.models import create_model, resolve_device, save_checkpoint
 from slade_core.training import train_student, train_teacher
 from slade_core.training.data import read_split
 from slade_core.training.loop import build_optimizer, build_scheduler, seed_everything
+from slade_core.workers import loader_workers
 
 REPO = Path(__file__).resolve().parents[1]
 PRESET = "birds_offline"
@@ -342,7 +343,7 @@ def train_pml_baseline(
         net.train()
         if not net.cached_prefix():
             loader = torch.utils.data.DataLoader(
-                dataset, bs, sampler=sampler, num_workers=runtime.num_workers, drop_last=True
+                dataset, bs, sampler=sampler, num_workers=loader_workers(runtime), drop_last=True
             )
             batches = ((x, labels[rows]) for x, rows in loader)
             embed = net

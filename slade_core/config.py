@@ -8,7 +8,7 @@ a preset or an override fails before any work starts, with the field named.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -33,8 +33,9 @@ class ModelConfig(StrictModel):
         slade checkpoint).
     trainable_blocks: 0 freezes the trunk (its features are cached per augmented view);
       n > 0 trains the last n blocks (the frozen prefix's feature maps are cached per
-      augmented view, so this runs on a CPU); -1 trains everything (images decoded each
-      step: meant for a GPU).
+      augmented view, so this runs on a CPU); -1 trains everything (meant for a GPU:
+      images come from the decoded-image cache, augmented on the device; see
+      runtime.decoded_cache).
     batchnorm: "frozen" keeps every trunk BatchNorm layer's loaded running statistics while
       the trunk trains (affine weights train with their block); "train" re-estimates them
       from each batch, which only suits large batches.
@@ -93,6 +94,13 @@ class RuntimeConfig(StrictModel):
     processes > 1 trains under torchrun with DDP, one process per GPU (gloo on CPU).
     nnodes > 1 spreads it over that many machines, each running `processes` processes and
     meeting at rdzv_endpoint (host:port of one of them, c10d rendezvous).
+    num_workers: DataLoader workers per process; "auto" sizes them to the machine the stage
+      runs on (its usable CPUs shared by the node's processes, one kept for the process
+      itself, at most 8: `slade_core.workers`), an int is used as given (0: no workers).
+    decoded_cache: with the whole trunk trained (model.trainable_blocks = -1), decode every
+      image once into a memory-mapped uint8 cache at the training resolution and crop, flip
+      and normalise batches on the device (`slade_core.decoded`, `slade_core.augment`);
+      False decodes and augments each image with PIL in DataLoader workers every step.
     """
 
     device: str = "auto"
@@ -101,7 +109,8 @@ class RuntimeConfig(StrictModel):
     rdzv_endpoint: str | None = Field(None, pattern=r"^[^:\s]+:\d+$")
     amp: bool = True
     channels_last: bool = True
-    num_workers: int = Field(0, ge=0)
+    num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
+    decoded_cache: bool = True
     seed: int = 0
     cached_views: int = Field(4, ge=1)
     feature_cache_dir: Path | None = None

@@ -2,7 +2,9 @@
 
 Batches are streamed to a pyarrow ParquetWriter, so memory stays flat however large the
 index. With a frozen prefix (trainable_blocks >= 0) the cached, memory-mapped eval-view
-prefix outputs are reused and only the suffix and head run. Schema: README "File schemas"
+prefix outputs are reused and only the suffix and head run. A whole trainable trunk (-1)
+embeds the centre crops of the decoded-image cache (`slade_core.decoded`, the one training
+built; runtime.decoded_cache=False: PIL's eval transform). Schema: README "File schemas"
 (`embeddings.parquet`).
 """
 
@@ -21,11 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from slade_core.augment import DeviceAugment
 from slade_core.config import ModelConfig, RuntimeConfig
+from slade_core.decoded import decoded_images
 from slade_core.features import prefix_feature_file
 from slade_core.images import IndexDataset, build_transform
 from slade_core.io import atomic_path, file_digest, stable_hash
 from slade_core.models import EmbeddingNet, create_model, load_model, resolve_device
+from slade_core.workers import loader_workers
 
 
 @dataclass(frozen=True)
@@ -156,13 +161,23 @@ def _embedding_batches(
         return
     cuda = device.type == "cuda"
     mean, std = model.normalization()
+    memory_format = torch.channels_last if runtime.channels_last else torch.contiguous_format
+    if runtime.decoded_cache:
+        pixels = decoded_images(frame, model.spec.image_size, runtime)
+        augment = DeviceAugment(model.spec.image_size, mean, std)
+        with torch.inference_mode(), torch.autocast(device.type, enabled=cuda and runtime.amp):
+            for start in range(0, len(frame), bs):
+                batch = torch.from_numpy(np.array(pixels[start : start + bs]))  # writable copy
+                images = augment.eval_view(batch.to(device, non_blocking=True))
+                images = images.contiguous(memory_format=memory_format)
+                yield slice(start, start + len(batch)), embed(images)
+        return
     loader = DataLoader(
         IndexDataset(frame, build_transform(model.spec.image_size, False, mean, std)),
         batch_size=bs,
-        num_workers=runtime.num_workers,
+        num_workers=loader_workers(runtime),
         pin_memory=cuda,
     )
-    memory_format = torch.channels_last if runtime.channels_last else torch.contiguous_format
     with torch.inference_mode(), torch.autocast(device.type, enabled=cuda and runtime.amp):
         for images, rows in loader:
             images = images.to(device, non_blocking=True, memory_format=memory_format)

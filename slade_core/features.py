@@ -37,6 +37,7 @@ from slade_core.config import RuntimeConfig
 from slade_core.images import IndexDataset, build_transform
 from slade_core.io import atomic_path, file_stats_digest, stable_hash
 from slade_core.models import EmbeddingNet, resolve_device
+from slade_core.workers import loader_workers
 
 # Bump when build_transform or the view seeding changes, so old cache files are not reused.
 _RECIPE = "v1:rrc(0.16,1)+flip|resize(256/224)+center"
@@ -153,7 +154,7 @@ def _compute(
         IndexDataset(frame, transform, seeds),
         batch_size=runtime.batch_size,
         shuffle=False,
-        num_workers=runtime.num_workers,
+        num_workers=loader_workers(runtime),
         pin_memory=cuda,
     )
     # channels_last input alone makes convolutions run NHWC (about 1.5x on CPU for lite0)

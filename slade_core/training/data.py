@@ -4,10 +4,13 @@ A frozen prefix (model.trainable_blocks >= 0: the whole frozen trunk, or the sta
 the first trainable one) never changes its output for a given augmented image, so its
 outputs are computed once per augmented view and cached on disk; each epoch then costs only
 suffix, head (and basis) updates: epoch e uses view (e - 1) % runtime.cached_views.
-A fully trainable trunk (-1) needs the images themselves, decoded and augmented by a
-DataLoader.
-Both sources take a batch sampler over the concatenation of `frames` and yield
-(inputs on the device, row positions), and embed inputs with `embed`. Under torchrun the
+A fully trainable trunk (-1) needs the images themselves: by default from the decoded-image
+cache (`slade_core.decoded`: every image decoded once to uint8 at the training resolution),
+cropped, flipped and normalised on the device (`slade_core.augment`), so PIL never runs in
+the step; with runtime.decoded_cache=False decoded and augmented with PIL by DataLoader
+workers every step.
+Every source takes a batch sampler over the concatenation of `frames` and yields
+(inputs on the device, row positions), and embeds inputs with `embed`. Under torchrun the
 sampler yields only this rank's slice of each batch (see training.distributed).
 """
 
@@ -21,12 +24,15 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from slade_core.augment import DeviceAugment
 from slade_core.config import RuntimeConfig
+from slade_core.decoded import DecodedImages, decoded_file
 from slade_core.features import cached_prefix_features
 from slade_core.images import IndexDataset, build_transform
 from slade_core.models import EmbeddingNet
 from slade_core.training import distributed
 from slade_core.training.loop import Precision
+from slade_core.workers import loader_workers
 
 
 def read_split(index_path: str | os.PathLike, split: str) -> pd.DataFrame:
@@ -103,8 +109,95 @@ class CachedFeatureSource:
             return net.embed_features(inputs).float()
 
 
+class DecodedImageSource:
+    """Batches from the decoded-image cache, augmented on the device; `embed` runs the
+    whole net.
+
+    DataLoader workers (runtime.num_workers) gather each batch's uint8 rows from the memory
+    maps (pinned on CUDA); the main process moves them to the device and crops, flips and
+    normalises there. Crop and flip parameters come from a generator seeded by (seed,
+    epoch[, rank]): a run, and a run resumed at an epoch boundary, repeats its
+    augmentations whatever the worker count. Every draw is a fresh crop, so repeats of a row
+    in one batch are different views and stay valid positive pairs.
+    Distributed, rank 0 builds the cache files while the other ranks wait.
+    """
+
+    repeats_identical = False
+
+    def __init__(
+        self,
+        net: EmbeddingNet,
+        frames: Sequence[pd.DataFrame],
+        sampler,
+        runtime: RuntimeConfig,
+        precision: Precision,
+    ) -> None:
+        size = net.spec.image_size
+        with distributed.current().main_first():
+            files = [decoded_file(frame, size, runtime) for frame in frames]
+        self.images = _DecodedBatches(DecodedImages(files))
+        self.augment = DeviceAugment(size, *net.normalization())
+        self.sampler = sampler
+        self.runtime = runtime
+        self.precision = precision
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.sampler.set_epoch(epoch)
+        entropy = [self.runtime.seed, epoch, *distributed.current().rank_key()]
+        seed = int(np.random.SeedSequence(entropy).generate_state(1)[0])
+        generator = torch.Generator().manual_seed(seed)
+        loader = DataLoader(
+            self.images,
+            batch_sampler=self.sampler,
+            num_workers=loader_workers(self.runtime),
+            pin_memory=self.precision.device.type == "cuda",
+            collate_fn=_as_batch,
+        )
+        memory_format = (
+            torch.channels_last if self.precision.channels_last else torch.contiguous_format
+        )
+        device = self.precision.device
+        for pixels, positions in loader:
+            # pinned on CUDA: both copies overlap the previous step's kernels, and positions
+            # arrive on the device so the trainer's positions.to(device) does not synchronise
+            pixels = pixels.to(device, non_blocking=True)
+            positions = positions.to(device, non_blocking=True)
+            images = self.augment.train_view(pixels, generator)
+            yield images.contiguous(memory_format=memory_format), positions
+
+    def embed(self, net: EmbeddingNet, inputs: torch.Tensor) -> torch.Tensor:
+        with self.precision.autocast():
+            return net(inputs).float()
+
+
+class _DecodedBatches(torch.utils.data.Dataset):
+    """Map-style dataset over decoded rows that a DataLoader fetches a batch at a time
+    (`__getitems__`): (uint8 [B, S, S, 3], positions)."""
+
+    def __init__(self, images: DecodedImages) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, pos: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.__getitems__([pos])
+
+    def __getitems__(self, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        pixels = torch.from_numpy(self.images.gather(positions))
+        return pixels, torch.as_tensor(positions, dtype=torch.long)
+
+
+def _as_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    return batch  # __getitems__ already returns the whole batch
+
+
 class ImageSource:
     """Batches of train-augmented images through a DataLoader; `embed` runs the whole net.
+    (runtime.decoded_cache=False: PIL decodes and augments every image every step.)
 
     Augmentations draw from torch's RNG (the global one with num_workers=0, per-worker seeds
     from a (seed, epoch[, rank]) generator otherwise), so a run repeats for a fixed worker
@@ -139,7 +232,7 @@ class ImageSource:
         loader = DataLoader(
             self.dataset,
             batch_sampler=self.sampler,
-            num_workers=self.runtime.num_workers,
+            num_workers=loader_workers(self.runtime),
             pin_memory=self.precision.device.type == "cuda",
             generator=torch.Generator().manual_seed(seed),
         )
@@ -161,7 +254,11 @@ def make_source(
     sampler,
     runtime: RuntimeConfig,
     precision: Precision,
-) -> CachedFeatureSource | ImageSource:
-    """Cached prefix features unless the whole trunk trains, images then."""
-    kind = CachedFeatureSource if net.cached_prefix() else ImageSource
+) -> CachedFeatureSource | DecodedImageSource | ImageSource:
+    """Cached prefix features unless the whole trunk trains; images then, from the decoded
+    cache (runtime.decoded_cache) or decoded with PIL every step."""
+    if net.cached_prefix():
+        kind = CachedFeatureSource
+    else:
+        kind = DecodedImageSource if runtime.decoded_cache else ImageSource
     return kind(net, frames, sampler, runtime, precision)

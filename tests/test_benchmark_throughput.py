@@ -1,0 +1,39 @@
+"""benchmarks/throughput.py runs end to end (tiny model, generated images) and reports
+every figure and ratio as JSON."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
+
+
+@pytest.mark.timeout(300)
+def test_throughput_benchmark_reports_every_figure(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("bench_throughput", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "throughput.json"
+    argv = [
+        "--backbone", "test_byobnet", "--image-size", "32", "--batch", "16", "--steps", "1",
+        "--warmup", "1", "--rounds", "2", "--images", "32", "--device", "cpu",
+        "--data-root", str(tmp_path / "absent"), "--workers", "0",
+        "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
+    ]  # fmt: skip
+    result = module.main(argv)
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(out.read_text()) == result
+    assert result["image_source"] == "generated 500x375 JPEGs" and result["images"] == 32
+    figures = {"bare", "teacher", "student", "teacher_pil", "data_path"}
+    assert set(result["img_s"]) == figures
+    assert all(v > 0 for v in result["img_s"].values())
+    assert all(len(v) == 2 for v in result["img_s_per_round"].values())
+    assert set(result["ratios"]) == {"teacher/bare", "student/bare", "teacher_pil/bare"}
+    assert result["ratios"]["teacher/bare"] == pytest.approx(
+        result["img_s"]["teacher"] / result["img_s"]["bare"], abs=1e-3
+    )
+    assert result["decode_pass_img_s"] > 0 and list((tmp_path / "cache").glob("decoded-*.npy"))
