@@ -61,7 +61,8 @@ def test_table_and_payload_schema(birds, tmp_path):
     lines = birds.verdicts(rows)
     full = birds.STUDENTS[-1][0]
     assert lines[0].startswith(f"{full} - teacher: +5.00 MAP@R") and lines[0].endswith("yes")
-    assert lines[1] == "full student - teacher >= +1.50 MAP@R? True (+5.00)"
+    assert lines[1] == "  paired by seed: +5.00 ± 0.00 over 3 seeds; > 2 std? yes"
+    assert lines[2] == "full student - teacher >= +1.50 MAP@R? True (+5.00)"
     assert not any("ablation" in line for line in lines)  # needs every ablation row
     middle = [
         birds.summarize(name, [{m: 0.26 + 0.01 * i for m in birds.METRICS}] * 3, 1.0)
@@ -74,8 +75,28 @@ def test_table_and_payload_schema(birds, tmp_path):
     lines = birds.verdicts([trunk, *rows, control])
     assert lines[0].startswith(f"{full} - {birds.CONTROL_ROW}: -1.00 MAP@R")
     assert lines[0].endswith("no")
-    assert f"{birds.CONTROL_ROW} - teacher: +6.00 MAP@R" in lines[1]
+    assert f"{birds.CONTROL_ROW} - teacher: +6.00 MAP@R" in lines[2]
     assert "every trained row above the pretrained trunk? False ['teacher']" in lines
+
+
+def test_paired_verdict_sees_a_consistent_gap_that_the_seed_spread_hides(birds):
+    """Seeds move both rows together (shared teacher): +0.4 each seed is a real gap even
+    though the rows' own spreads overlap; one seed gives no paired line."""
+    teacher = [0.50, 0.52, 0.51]
+    rows = [
+        birds.summarize(birds.TEACHER_ROW, [{m: v for m in birds.METRICS} for v in teacher], 1),
+        birds.summarize(
+            birds.STUDENTS[-1][0], [{m: v + 0.004 for m in birds.METRICS} for v in teacher], 1
+        ),
+    ]
+    lines = birds.verdicts(rows)
+    assert lines[0].endswith("no")  # 0.4 < 2 x 1.0 (unpaired)
+    assert lines[1] == "  paired by seed: +0.40 ± 0.00 over 3 seeds; > 2 std? yes"
+    noisy = [{m: v for m in birds.METRICS} for v in (0.51, 0.50, 0.55)]
+    rows[1] = birds.summarize(birds.STUDENTS[-1][0], noisy, 1)
+    assert birds.verdicts(rows)[1].endswith("> 2 std? no")
+    single = [birds.summarize(row["name"], [{m: 0.5 for m in birds.METRICS}], 1) for row in rows]
+    assert not any("paired" in line for line in birds.verdicts(single))
 
 
 def test_overrides_parse_json_values_and_reject_missing_equals(birds):
