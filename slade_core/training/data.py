@@ -109,7 +109,34 @@ class CachedFeatureSource:
             return net.embed_features(inputs).float()
 
 
-class DecodedImageSource:
+class _WholeNetSource:
+    """What both image sources share: the batch sampler, a per-(seed, epoch[, rank]) seed
+    for the epoch's augmentations, the memory format, and `embed` through the whole net."""
+
+    repeats_identical = False
+
+    def __init__(self, sampler, runtime: RuntimeConfig, precision: Precision) -> None:
+        self.sampler = sampler
+        self.runtime = runtime
+        self.precision = precision
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def _epoch_seed(self, epoch: int) -> int:
+        self.sampler.set_epoch(epoch)
+        entropy = [self.runtime.seed, epoch, *distributed.current().rank_key()]
+        return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+    def _memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.precision.channels_last else torch.contiguous_format
+
+    def embed(self, net: EmbeddingNet, inputs: torch.Tensor) -> torch.Tensor:
+        with self.precision.autocast():
+            return net(inputs).float()
+
+
+class DecodedImageSource(_WholeNetSource):
     """Batches from the decoded-image cache, augmented on the device; `embed` runs the
     whole net.
 
@@ -122,8 +149,6 @@ class DecodedImageSource:
     Distributed, rank 0 builds the cache files while the other ranks wait.
     """
 
-    repeats_identical = False
-
     def __init__(
         self,
         net: EmbeddingNet,
@@ -132,23 +157,15 @@ class DecodedImageSource:
         runtime: RuntimeConfig,
         precision: Precision,
     ) -> None:
+        super().__init__(sampler, runtime, precision)
         size = net.spec.image_size
         with distributed.current().main_first():
             files = [decoded_file(frame, size, runtime) for frame in frames]
         self.images = _DecodedBatches(DecodedImages(files))
         self.augment = DeviceAugment(size, *net.normalization())
-        self.sampler = sampler
-        self.runtime = runtime
-        self.precision = precision
-
-    def __len__(self) -> int:
-        return len(self.sampler)
 
     def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self.sampler.set_epoch(epoch)
-        entropy = [self.runtime.seed, epoch, *distributed.current().rank_key()]
-        seed = int(np.random.SeedSequence(entropy).generate_state(1)[0])
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator().manual_seed(self._epoch_seed(epoch))
         loader = DataLoader(
             self.images,
             batch_sampler=self.sampler,
@@ -156,9 +173,7 @@ class DecodedImageSource:
             pin_memory=self.precision.device.type == "cuda",
             collate_fn=_as_batch,
         )
-        memory_format = (
-            torch.channels_last if self.precision.channels_last else torch.contiguous_format
-        )
+        memory_format = self._memory_format()
         device = self.precision.device
         for pixels, positions in loader:
             # pinned on CUDA: both copies overlap the previous step's kernels, and positions
@@ -167,10 +182,6 @@ class DecodedImageSource:
             positions = positions.to(device, non_blocking=True)
             images = self.augment.train_view(pixels, generator)
             yield images.contiguous(memory_format=memory_format), positions
-
-    def embed(self, net: EmbeddingNet, inputs: torch.Tensor) -> torch.Tensor:
-        with self.precision.autocast():
-            return net(inputs).float()
 
 
 class _DecodedBatches(torch.utils.data.Dataset):
@@ -195,7 +206,7 @@ def _as_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, t
     return batch  # __getitems__ already returns the whole batch
 
 
-class ImageSource:
+class ImageSource(_WholeNetSource):
     """Batches of train-augmented images through a DataLoader; `embed` runs the whole net.
     (runtime.decoded_cache=False: PIL decodes and augments every image every step.)
 
@@ -205,8 +216,6 @@ class ImageSource:
     are different views and stay valid positive pairs.
     """
 
-    repeats_identical = False
-
     def __init__(
         self,
         net: EmbeddingNet,
@@ -215,37 +224,23 @@ class ImageSource:
         runtime: RuntimeConfig,
         precision: Precision,
     ) -> None:
+        super().__init__(sampler, runtime, precision)
         mean, std = net.normalization()
         transform = build_transform(net.spec.image_size, True, mean, std)
         self.dataset = IndexDataset(pd.concat(list(frames), ignore_index=True), transform)
-        self.sampler = sampler
-        self.runtime = runtime
-        self.precision = precision
-
-    def __len__(self) -> int:
-        return len(self.sampler)
 
     def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self.sampler.set_epoch(epoch)
-        entropy = [self.runtime.seed, epoch, *distributed.current().rank_key()]
-        seed = int(np.random.SeedSequence(entropy).generate_state(1)[0])
         loader = DataLoader(
             self.dataset,
             batch_sampler=self.sampler,
             num_workers=loader_workers(self.runtime),
             pin_memory=self.precision.device.type == "cuda",
-            generator=torch.Generator().manual_seed(seed),
+            generator=torch.Generator().manual_seed(self._epoch_seed(epoch)),
         )
-        memory_format = (
-            torch.channels_last if self.precision.channels_last else torch.contiguous_format
-        )
+        memory_format = self._memory_format()
         for images, positions in loader:
             images = images.to(self.precision.device, non_blocking=True)
             yield images.contiguous(memory_format=memory_format), positions
-
-    def embed(self, net: EmbeddingNet, inputs: torch.Tensor) -> torch.Tensor:
-        with self.precision.autocast():
-            return net(inputs).float()
 
 
 def make_source(
