@@ -14,38 +14,19 @@ import os
 import re
 import shlex
 import signal
-import socket
-import subprocess
 import sys
-import time
+from functools import partial
 from pathlib import Path
 
 import httpx
 import pytest
+from shell_helpers import free_port, run_sourced, wait_for
 
 # services start in ~30-60 s and the deployed run takes ~60 s on 2 shared cores
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _sh(command: str, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
-    """Run `command` in bash with the services' environment (scripts/env.sh)."""
-    result = subprocess.run(
-        ["bash", "-c", f"source scripts/env.sh && {command}"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert result.returncode == 0, f"{command}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    return result
+# shell commands with the local services' environment
+sh = partial(run_sourced, "scripts/env.sh")
 
 
 @pytest.fixture(scope="module")
@@ -57,26 +38,26 @@ def services(tmp_path_factory):
     env |= {
         "SLADE_HOME": str(home),
         "SLADE_VENV": sys.prefix,
-        "SLADE_PREFECT_PORT": str(_free_port()),
-        "SLADE_MLFLOW_PORT": str(_free_port()),
+        "SLADE_PREFECT_PORT": str(free_port()),
+        "SLADE_MLFLOW_PORT": str(free_port()),
         "SLADE_DOWNLOADS_DIR": str(home / "downloads"),
     }
     try:
-        _sh("scripts/services.sh up", env, timeout=300)
+        sh("scripts/services.sh up", env, timeout=300)
         yield env, home
     finally:
-        _sh("scripts/services.sh down", env, timeout=120)
+        sh("scripts/services.sh down", env, timeout=120)
         assert not list((home / "pids").glob("*.pid"))
 
 
 @pytest.fixture(scope="module")
 def deployed_run(services, tiny_preset):
     env, home = services
-    _sh("prefect --no-prompt deploy --all", env, timeout=180)
+    sh("prefect --no-prompt deploy --all", env, timeout=180)
     preset, overrides = tiny_preset
     params = {"preset": preset, "overrides": overrides, "training_pool": "cpu-pool"}
     args = " ".join(f"--param {k}={json.dumps(json.dumps(v))}" for k, v in params.items())
-    run = _sh(
+    run = sh(
         f"prefect deployment run slade/full-pipeline {args} --watch --watch-timeout 900",
         env,
         timeout=960,
@@ -141,7 +122,7 @@ def test_training_stages_ran_as_sub_deployments_with_mlflow_links(deployed_run):
 
 def test_report_prints_metrics_and_ui_addresses(deployed_run):
     env, _, flow_run_id = deployed_run
-    out = _sh(f"python scripts/report.py {flow_run_id}", env, timeout=120).stdout
+    out = sh(f"python scripts/report.py {flow_run_id}", env, timeout=120).stdout
     assert "map_at_r" in out and "student" in out
     assert f"http://127.0.0.1:{env['SLADE_PREFECT_PORT']}" in out
     assert f"http://127.0.0.1:{env['SLADE_MLFLOW_PORT']}" in out
@@ -158,17 +139,8 @@ def _api(env) -> str:
 def _start(env, params: dict, *extra: str) -> str:
     """`prefect deployment run slade/full-pipeline` without waiting; the flow run id."""
     args = " ".join(f"--param {k}={json.dumps(json.dumps(v))}" for k, v in params.items())
-    out = _sh(f"prefect deployment run slade/full-pipeline {args} {' '.join(extra)}", env, 120)
+    out = sh(f"prefect deployment run slade/full-pipeline {args} {' '.join(extra)}", env, 120)
     return re.search(r"UUID: ([0-9a-f-]{36})", out.stdout).group(1)
-
-
-def _wait_for(what: str, check, timeout: float = 300):
-    """Poll `check()` until it returns something truthy (a generous bound, not a timing)."""
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(1)
-    return value
 
 
 def _state(env, flow_run_id: str) -> dict:
@@ -177,7 +149,7 @@ def _state(env, flow_run_id: str) -> dict:
 
 def _final_state(env, flow_run_id: str, timeout: float = 300) -> dict:
     final = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
-    return _wait_for(
+    return wait_for(
         f"flow run {flow_run_id} to end",
         lambda: (s := _state(env, flow_run_id)) and s["type"] in final and s,
         timeout,
@@ -234,13 +206,13 @@ def test_sigkill_mid_training_then_retry_resumes_and_leaves_nothing_running(
         shlex.quote('env={"SLADE_HANG_ONCE": "train_teacher"}'),
     )
     # the teacher reports epoch 1 (its resume checkpoint is written), then hangs
-    client = _wait_for("the teacher's first epoch", lambda: _teacher_epoch_logged(env, flow_run_id))
-    pids = _wait_for("the flow run process", lambda: _flow_run_processes(flow_run_id))
+    client = wait_for("the teacher's first epoch", lambda: _teacher_epoch_logged(env, flow_run_id))
+    pids = wait_for("the flow run process", lambda: _flow_run_processes(flow_run_id))
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
     assert _final_state(env, flow_run_id)["type"] == "CRASHED"
     # the worker ran the on_crashed hook: nothing is left RUNNING in MLflow
-    _, parent, children = _wait_for(
+    _, parent, children = wait_for(
         "the crash hook",
         lambda: (runs := _mlflow_runs(env, flow_run_id))[1].info.status != "RUNNING" and runs,
         timeout=120,
@@ -251,8 +223,8 @@ def test_sigkill_mid_training_then_retry_resumes_and_leaves_nothing_running(
 
     # The runner reports the crash, runs the hook, then the worker reports it once more: a
     # retry scheduled in between would be overwritten by that second report (Prefect 3.9).
-    _wait_for("the worker to finish the crashed run", lambda: _worker_done(env, flow_run_id))
-    _sh(f"prefect flow-run retry {flow_run_id}", env, timeout=120)
+    wait_for("the worker to finish the crashed run", lambda: _worker_done(env, flow_run_id))
+    sh(f"prefect flow-run retry {flow_run_id}", env, timeout=120)
     state = _final_state(env, flow_run_id)
     assert state["type"] == "COMPLETED", state
     body = {"flow_runs": {"id": {"any_": [flow_run_id]}}}
@@ -319,10 +291,10 @@ def test_cancelling_a_run_kills_its_mlflow_runs_and_its_pool_stage(deployed_run,
     params = {"preset": preset, "overrides": overrides, "training_pool": "gpu-pool"}
     flow_run_id = _start(env, params | {"pool_timeout": None})
     # waits forever for a gpu-pool worker: its train_teacher child stays Scheduled
-    _wait_for("the gpu-pool stage flow run", lambda: _children(env, flow_run_id))
-    _sh(f"prefect flow-run cancel {flow_run_id}", env, timeout=120)
+    wait_for("the gpu-pool stage flow run", lambda: _children(env, flow_run_id))
+    sh(f"prefect flow-run cancel {flow_run_id}", env, timeout=120)
     assert _final_state(env, flow_run_id)["type"] == "CANCELLED"
-    _, parent, _ = _wait_for(
+    _, parent, _ = wait_for(
         "the cancellation hook",
         lambda: (runs := _mlflow_runs(env, flow_run_id))[1].info.status != "RUNNING" and runs,
         timeout=120,

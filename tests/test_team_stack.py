@@ -14,19 +14,21 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
-import time
+from functools import partial
 from pathlib import Path
 
 import httpx
 import pytest
+from shell_helpers import free_port, run_sourced, wait_for
 
 # servers ~30-60 s, the quickstart run ~60-180 s on 2 shared cores
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # a hang guard, not a timing
 REPO = Path(__file__).resolve().parents[1]
+# shell commands with the team stack's environment; waits bounded at 2 minutes
+sh = partial(run_sourced, "scripts/team-env.sh")
+wait_for = partial(wait_for, timeout=120)
 TRAINING = ["train_student", "train_teacher"]
 STAGES = [
     "cluster",
@@ -39,37 +41,9 @@ STAGES = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _postgres_installed() -> bool:
     """Where scripts/team-stack.sh looks: initdb on PATH or Debian's versioned directory."""
     return bool(shutil.which("initdb") or list(Path("/usr/lib/postgresql").glob("*/bin/initdb")))
-
-
-def _sh(command: str, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
-    """Run `command` in bash with the team stack's environment (scripts/team-env.sh)."""
-    result = subprocess.run(
-        ["bash", "-c", f"source scripts/team-env.sh && {command}"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert result.returncode == 0, f"{command}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    return result
-
-
-def _wait_for(what: str, check, timeout: float = 120):
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(1)
-    return value
 
 
 @pytest.fixture(scope="module")
@@ -87,10 +61,10 @@ def stack(tmp_path_factory):
         if not k.startswith(("PREFECT_", "MLFLOW_", "SLADE_", "AWS_"))
     }
     ports = {
-        "SLADE_PREFECT_PORT": str(_free_port()),
-        "SLADE_MLFLOW_PORT": str(_free_port()),
-        "SLADE_S3_PORT": str(_free_port()),
-        "SLADE_PG_PORT": str(_free_port()),
+        "SLADE_PREFECT_PORT": str(free_port()),
+        "SLADE_MLFLOW_PORT": str(free_port()),
+        "SLADE_S3_PORT": str(free_port()),
+        "SLADE_PG_PORT": str(free_port()),
     }
     servers = tmp_path_factory.mktemp("team-servers")
     # a directory the `postgres` user can enter (pytest's temp root is private to us)
@@ -101,14 +75,14 @@ def stack(tmp_path_factory):
     gpu_home = tmp_path_factory.mktemp("gpu-machine")
     gpu_env = base | ports | {"SLADE_HOME": str(gpu_home), "SLADE_VENV": sys.prefix}
     try:
-        _sh("scripts/team-stack.sh up", env, timeout=300)
-        _sh("scripts/team-stack.sh worker gpu-pool", gpu_env, timeout=60)
+        sh("scripts/team-stack.sh up", env, timeout=300)
+        sh("scripts/team-stack.sh worker gpu-pool", gpu_env, timeout=60)
         yield env, gpu_env
     finally:
         try:
-            _sh("scripts/team-stack.sh down", gpu_env, timeout=120)
+            sh("scripts/team-stack.sh down", gpu_env, timeout=120)
         finally:
-            _sh("scripts/team-stack.sh down", env, timeout=180)
+            sh("scripts/team-stack.sh down", env, timeout=180)
             shutil.rmtree(pg_data, ignore_errors=True)
     assert not list((servers / "pids").glob("*.pid"))
     assert not list((gpu_home / "pids").glob("*.pid"))
@@ -118,8 +92,8 @@ def stack(tmp_path_factory):
 def pipeline_run(stack):
     env, gpu_env = stack
     api = f"http://127.0.0.1:{env['SLADE_PREFECT_PORT']}/api"
-    _sh("prefect --no-prompt deploy --all", env, timeout=180)
-    _wait_for(
+    sh("prefect --no-prompt deploy --all", env, timeout=180)
+    wait_for(
         "the gpu-pool worker to come online",
         lambda: any(
             w["status"] == "ONLINE"
@@ -127,7 +101,7 @@ def pipeline_run(stack):
         ),
     )
     # the quickstart deployment as the README runs it, its training on the second pool
-    run = _sh(
+    run = sh(
         "prefect deployment run slade/full-pipeline --param training_pool=gpu-pool"
         " --watch --watch-timeout 720",
         env,
