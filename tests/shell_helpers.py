@@ -41,3 +41,24 @@ def wait_for(what: str, check, timeout: float = 300):
         assert time.monotonic() < deadline, f"gave up waiting for {what}"
         time.sleep(1)
     return value
+
+
+def mlflow_runs(env: dict[str, str], flow_run_id: str | None = None):
+    """(client, pipeline parent run, its child runs) of a flow run on the MLflow server at
+    env's SLADE_MLFLOW_PORT; without a flow run id (client, None, every run of the
+    experiment)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"http://127.0.0.1:{env['SLADE_MLFLOW_PORT']}")
+    exp = client.get_experiment_by_name("slade").experiment_id
+    if flow_run_id is None:
+        return client, None, client.search_runs([exp])
+    (parent,) = client.search_runs(
+        [exp],
+        filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}' "
+        "and tags.`slade.kind` = 'pipeline'",
+    )
+    children = client.search_runs(
+        [exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
+    return client, parent, children

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from shell_helpers import free_port, run_sourced, wait_for
+from shell_helpers import free_port, mlflow_runs, run_sourced, wait_for
 
 # services start in ~30-60 s and the deployed run takes ~60 s on 2 shared cores
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -67,21 +67,10 @@ def deployed_run(services, tiny_preset):
 
 
 def test_deployment_run_completes_and_mlflow_holds_the_runs(deployed_run):
-    from mlflow.tracking import MlflowClient
-
     env, home, flow_run_id = deployed_run
-    client = MlflowClient(tracking_uri=f"http://127.0.0.1:{env['SLADE_MLFLOW_PORT']}")
-    exp = client.get_experiment_by_name("slade").experiment_id
-    (parent,) = client.search_runs(
-        [exp],
-        filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}' "
-        "and tags.`slade.kind` = 'pipeline'",
-    )
+    client, parent, children = mlflow_runs(env, flow_run_id)
     assert parent.info.status == "FINISHED"
     assert "student/map_at_r" in parent.data.metrics
-    children = client.search_runs(
-        [exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
-    )
     stages = sorted(c.data.tags["slade.stage"] for c in children)
     assert stages == sorted(
         [
@@ -161,25 +150,6 @@ def _children(env, flow_run_id: str) -> list[dict]:
     return httpx.post(f"{_api(env)}/flow_runs/filter", json=body).json()
 
 
-def _mlflow_runs(env, flow_run_id: str | None = None):
-    """(pipeline parent run, all runs of the experiment or of that pipeline run)."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"http://127.0.0.1:{env['SLADE_MLFLOW_PORT']}")
-    exp = client.get_experiment_by_name("slade").experiment_id
-    if flow_run_id is None:
-        return client, None, client.search_runs([exp])
-    (parent,) = client.search_runs(
-        [exp],
-        filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}' "
-        "and tags.`slade.kind` = 'pipeline'",
-    )
-    children = client.search_runs(
-        [exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
-    )
-    return client, parent, children
-
-
 def _flow_run_processes(flow_run_id: str) -> list[int]:
     """Our processes running that flow run (the worker sets PREFECT__FLOW_RUN_ID for it)."""
     found = []
@@ -214,7 +184,7 @@ def test_sigkill_mid_training_then_retry_resumes_and_leaves_nothing_running(
     # the worker ran the on_crashed hook: nothing is left RUNNING in MLflow
     _, parent, children = wait_for(
         "the crash hook",
-        lambda: (runs := _mlflow_runs(env, flow_run_id))[1].info.status != "RUNNING" and runs,
+        lambda: (runs := mlflow_runs(env, flow_run_id))[1].info.status != "RUNNING" and runs,
         timeout=120,
     )
     assert parent.info.status == "FAILED" and "Crashed" in parent.data.tags["slade.end_reason"]
@@ -232,7 +202,7 @@ def test_sigkill_mid_training_then_retry_resumes_and_leaves_nothing_running(
     last = {t["name"]: t["state"]["name"] for t in sorted(task_runs, key=lambda t: t["created"])}
     assert last["prepare_data"] == "Cached"
     assert last["train_teacher"] == "Completed"
-    _, parent, children = _mlflow_runs(env, flow_run_id)
+    _, parent, children = mlflow_runs(env, flow_run_id)
     assert parent.info.status == "FINISHED"
     teacher_runs = sorted(
         (c for c in children if c.data.tags["slade.stage"] == "train_teacher"),
@@ -241,7 +211,7 @@ def test_sigkill_mid_training_then_retry_resumes_and_leaves_nothing_running(
     assert [c.info.status for c in teacher_runs] == ["FAILED", "FINISHED"]
     steps = [m.step for m in client.get_metric_history(teacher_runs[-1].info.run_id, "loss")]
     assert steps == [2, 3]  # resumed after epoch 1 from the partial directory's checkpoint
-    _, _, everything = _mlflow_runs(env)
+    _, _, everything = mlflow_runs(env)
     assert "RUNNING" not in {r.info.status for r in everything}
 
 
@@ -260,7 +230,7 @@ def _teacher_epoch_logged(env, flow_run_id: str):
     from mlflow.exceptions import MlflowException
 
     try:
-        client, _, children = _mlflow_runs(env, flow_run_id)
+        client, _, children = mlflow_runs(env, flow_run_id)
     except (ValueError, MlflowException):  # no parent run yet
         return None
     running = [
@@ -296,7 +266,7 @@ def test_cancelling_a_run_kills_its_mlflow_runs_and_its_pool_stage(deployed_run,
     assert _final_state(env, flow_run_id)["type"] == "CANCELLED"
     _, parent, _ = wait_for(
         "the cancellation hook",
-        lambda: (runs := _mlflow_runs(env, flow_run_id))[1].info.status != "RUNNING" and runs,
+        lambda: (runs := mlflow_runs(env, flow_run_id))[1].info.status != "RUNNING" and runs,
         timeout=120,
     )
     assert parent.info.status == "KILLED"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from shell_helpers import free_port, run_sourced, wait_for
+from shell_helpers import free_port, mlflow_runs, run_sourced, wait_for
 
 # servers ~30-60 s, the quickstart run ~60-180 s on 2 shared cores
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # a hang guard, not a timing
@@ -165,22 +165,12 @@ def test_training_ran_on_the_second_pool_and_handed_its_results_back_through_s3(
 
 def test_mlflow_runs_in_postgres_and_artifacts_in_s3_read_over_http(pipeline_run):
     import psycopg2
-    from mlflow.tracking import MlflowClient
 
     env, gpu_env, _, flow_run_id = pipeline_run
-    client = MlflowClient(tracking_uri=f"http://127.0.0.1:{env['SLADE_MLFLOW_PORT']}")
-    exp = client.get_experiment_by_name("slade").experiment_id
-    (parent,) = client.search_runs(
-        [exp],
-        filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}' "
-        "and tags.`slade.kind` = 'pipeline'",
-    )
+    client, parent, children = mlflow_runs(env, flow_run_id)
     assert parent.info.status == "FINISHED"
-    children = client.search_runs(
-        [exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
-    )
     assert sorted(c.data.tags["slade.stage"] for c in children) == STAGES
-    everything = client.search_runs([exp])
+    _, _, everything = mlflow_runs(env)
     assert {r.info.status for r in everything} == {"FINISHED"}, "a run was left RUNNING"
 
     # the tracking data is in PostgreSQL (both servers' databases)
