@@ -34,11 +34,14 @@ def run_sourced(
     return result
 
 
-def wait_for(what: str, check, timeout: float = 300):
-    """Poll `check()` until it returns something truthy (a generous bound, not a timing)."""
+def wait_for(what, check, timeout: float = 300):
+    """Poll `check()` until it returns something truthy (a generous bound, not a timing).
+    `what` names the wait in the failure message; a callable is asked at failure time (so
+    it can say the last thing seen)."""
     deadline = time.monotonic() + timeout
     while not (value := check()):
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"gave up waiting for {what() if callable(what) else what}")
         time.sleep(1)
     return value
 

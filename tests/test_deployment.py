@@ -138,11 +138,18 @@ def _state(env, flow_run_id: str) -> dict:
 
 def _final_state(env, flow_run_id: str, timeout: float = 300) -> dict:
     final = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
-    return wait_for(
-        f"flow run {flow_run_id} to end",
-        lambda: (s := _state(env, flow_run_id)) and s["type"] in final and s,
-        timeout,
-    )
+    seen: dict = {}
+
+    def ended():
+        seen["state"] = state = _state(env, flow_run_id)
+        return state and state["type"] in final and state
+
+    def what() -> str:
+        state = seen.get("state") or {}
+        last = {key: state.get(key) for key in ("type", "name", "timestamp", "message")}
+        return f"flow run {flow_run_id} to end; its last state {last}"
+
+    return wait_for(what, ended, timeout)
 
 
 def _children(env, flow_run_id: str) -> list[dict]:
@@ -195,7 +202,8 @@ def test_sigkill_mid_training_then_retry_resumes_and_leaves_nothing_running(
     # retry scheduled in between would be overwritten by that second report (Prefect 3.9).
     wait_for("the worker to finish the crashed run", lambda: _worker_done(env, flow_run_id))
     sh(f"prefect flow-run retry {flow_run_id}", env, timeout=120)
-    state = _final_state(env, flow_run_id)
+    # a whole (tiny) pipeline runs again: on a loaded 2-core machine that has taken > 300 s
+    state = _final_state(env, flow_run_id, timeout=450)
     assert state["type"] == "COMPLETED", state
     body = {"flow_runs": {"id": {"any_": [flow_run_id]}}}
     task_runs = httpx.post(f"{_api(env)}/task_runs/filter", json=body).json()
