@@ -58,7 +58,7 @@ from slade_core.models import create_model, resolve_device, save_checkpoint
 from slade_core.training import train_student, train_teacher
 from slade_core.training.data import read_split
 from slade_core.training.loop import build_optimizer, build_scheduler, seed_everything
-from slade_core.workers import loader_workers
+from slade_core.workers import loader_workers, usable_cpus
 
 REPO = Path(__file__).resolve().parents[1]
 PRESET = "birds_offline"
@@ -229,7 +229,7 @@ def machine_description(device: torch.device) -> str:
                 break
     except OSError:
         pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cpus()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     return (
         f"{platform.platform()}, {cpu}, {cores} cores, torch {torch.__version__} "

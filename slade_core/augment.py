@@ -28,6 +28,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from slade_core.images import TRAIN_CROP_SCALE
+
 
 class DeviceAugment:
     """Random resized crop + flip + normalise (`train_view`); centre crop + normalise
@@ -38,7 +40,7 @@ class DeviceAugment:
         size: int,
         mean: Sequence[float],
         std: Sequence[float],
-        scale: tuple[float, float] = (0.16, 1.0),
+        scale: tuple[float, float] = TRAIN_CROP_SCALE,
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
         flip: float = 0.5,
     ) -> None:

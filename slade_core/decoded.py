@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from slade_core.config import RuntimeConfig
 from slade_core.features import cache_dir
-from slade_core.images import load_rgb
+from slade_core.images import eval_resize, load_rgb
 from slade_core.io import atomic_path, file_stats_digest, stable_hash
 from slade_core.workers import usable_cpus
 
@@ -44,8 +44,9 @@ FORMAT = "slade-decoded-v1:load_rgb+resize(short,bilinear)+center-square|uint8-n
 
 
 def stored_size(image_size: int) -> int:
-    """Side of the stored square for a training resolution (256 for 224)."""
-    return int(image_size * 256 / 224)
+    """Side of the stored square for a training resolution: the eval view's resize (256 for
+    224), so the eval view is its centre crop."""
+    return eval_resize(image_size)
 
 
 def decode_image(path: str | os.PathLike, side: int) -> np.ndarray:

@@ -51,14 +51,27 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+# Area range of the training crop, as a share of the image (RandomResizedCrop's `scale`).
+TRAIN_CROP_SCALE = (0.16, 1.0)
+
+
+def eval_resize(image_size: int) -> int:
+    """Shorter side the eval view resizes to before its centre crop (256 for 224)."""
+    return int(image_size * 256 / 224)
+
+
 def build_transform(
     image_size: int, train: bool, mean: Sequence[float], std: Sequence[float]
 ) -> Callable[[Image.Image], torch.Tensor]:
-    """Train: RandomResizedCrop(scale 0.16-1) + flip. Eval: Resize(size*256/224) + CenterCrop."""
+    """Train: RandomResizedCrop(TRAIN_CROP_SCALE) + flip. Eval: Resize(eval_resize) +
+    CenterCrop."""
     if train:
-        geometry = [T.RandomResizedCrop(image_size, scale=(0.16, 1.0)), T.RandomHorizontalFlip()]
+        geometry = [
+            T.RandomResizedCrop(image_size, scale=TRAIN_CROP_SCALE),
+            T.RandomHorizontalFlip(),
+        ]
     else:
-        geometry = [T.Resize(int(image_size * 256 / 224)), T.CenterCrop(image_size)]
+        geometry = [T.Resize(eval_resize(image_size)), T.CenterCrop(image_size)]
     return T.Compose([*geometry, T.ToTensor(), T.Normalize(mean, std)])
 
 

@@ -32,7 +32,7 @@ from torchvision.transforms import functional as TF
 from slade_core.config import RuntimeConfig
 from slade_core.embeddings import extract_embeddings, read_embeddings
 from slade_core.evaluate import RetrievalExample, draw_examples_grid, evaluation_protocol
-from slade_core.images import load_rgb
+from slade_core.images import eval_resize, load_rgb
 from slade_core.io import atomic_path
 from slade_core.metrics import retrieval_metrics
 from slade_core.models import EmbeddingNet
@@ -58,7 +58,7 @@ class ImageEmbedder(nn.Module):
         super().__init__()
         self.net = net.eval()
         self.image_size = net.spec.image_size
-        self.resize_to = int(self.image_size * 256 / 224)  # as build_transform(train=False)
+        self.resize_to = eval_resize(self.image_size)  # as build_transform(train=False)
         mean, std = net.normalization()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
