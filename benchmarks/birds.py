@@ -46,7 +46,9 @@ from slade_core.config import (
     RuntimeConfig,
     TeacherConfig,
 )
+from slade_core.data.filtering import FilterSettings
 from slade_core.data.manifest import SubsetRules
+from slade_core.data.names import NameMatcher
 from slade_core.data.prepare import prepare_data
 from slade_core.embeddings import extract_embeddings, extract_trunk_features, read_embeddings
 from slade_core.experiment import load_experiment
@@ -237,10 +239,15 @@ def machine_description(device: torch.device) -> str:
     )
 
 
-def holdout_index(index_path: Path, out_path: Path, n_classes: int) -> Path:
+def holdout_index(
+    index_path: Path, out_path: Path, n_classes: int, settings: FilterSettings | None = None
+) -> Path:
     """Tuning index: the last `n_classes` training classes become the test set.
 
-    The real test rows are dropped, so choosing hyperparameters never looks at them.
+    The real test rows are dropped, so choosing hyperparameters never looks at them. With
+    scarce labels the held-out classes' hidden images join their test set, and unlabeled
+    images of those species from other sets (`hidden_species`, matched with the leakage
+    filter's `settings`) are dropped, as the leakage filter does for real test classes.
     """
     index = pd.read_parquet(index_path)
     train_classes = np.unique(index.loc[index["split"] == "train", "label"])
@@ -251,7 +258,21 @@ def holdout_index(index_path: Path, out_path: Path, n_classes: int) -> Path:
         )
     held = train_classes[-n_classes:]
     index = index[index["split"] != "test"].copy()
-    index.loc[index["label"].isin(held) & (index["split"] == "train"), "split"] = "test"
+    held_rows = index["label"].isin(held) & (index["split"] == "train")
+    index.loc[held_rows, "split"] = "test"
+    unlabeled = index["split"] == "unlabeled"
+    if unlabeled.any():
+        species = hidden_species(index_path, settings or FilterSettings())
+        ids = index["image_id"].map(species)
+        labeled_source = index.loc[held_rows, "source"].iloc[0]
+        held_names = index.loc[held_rows].groupby("class_name")["label"].first()
+        held_species = set(ids[index["class_name"].isin(held_names.index) & unlabeled])
+        leaked = unlabeled & ids.isin(held_species)
+        moved = leaked & (index["source"] == labeled_source)
+        if moved.any():
+            index.loc[moved, "label"] = index.loc[moved, "class_name"].map(held_names)
+            index.loc[moved, "split"] = "test"
+        index = index[~(leaked & ~moved)]
     out_path.parent.mkdir(parents=True, exist_ok=True)
     index.reset_index(drop=True).to_parquet(out_path, index=False)
     return out_path
@@ -374,26 +395,84 @@ def pseudo_label_quality(index_path: Path, pseudo_path: Path) -> dict[str, float
     return label_agreement(pseudo["cluster"].to_numpy(), pseudo["class_name"].to_numpy())
 
 
-def oracle_pseudo_labels(index_path: Path, out: Path) -> Path:
+def hidden_species(index_path: Path, settings: FilterSettings) -> dict[str, int]:
+    """Unlabeled image id -> hidden species id (a diagnostic the method never sees).
+
+    Species are class names; a name of one source that the leakage filter's matcher (same
+    threshold and aliases) pairs with a labeled-set name counts as that species, so the
+    labeled set's own images moved to the unlabeled side (scarce labels) and the same
+    species in another set share one id."""
+    index = pd.read_parquet(index_path, columns=["image_id", "class_name", "split", "source"])
+    labeled_source = index.loc[index["split"] != "unlabeled", "source"].iloc[0]
+    matcher = NameMatcher(
+        index.loc[index["source"] == labeled_source, "class_name"].unique(),
+        settings.aliases,
+        settings.contrast_groups,
+        settings.ignore_words,
+        settings.ignore_patterns,
+    )
+
+    def species(name: str) -> str:
+        match, known = matcher.best(name)
+        return known if known is not None and match.score >= settings.threshold else name
+
+    unlabeled = index[index["split"] == "unlabeled"]
+    names = {name: species(name) for name in unlabeled["class_name"].unique()}
+    ids = pd.factorize(unlabeled["class_name"].map(names), sort=True)[0]
+    return dict(zip(unlabeled["image_id"], ids.tolist(), strict=True))
+
+
+def oracle_pseudo_labels(species: dict[str, int], out: Path) -> Path:
     """The unlabeled rows' hidden species as "pseudo labels": the ceiling of pseudo-labelling
     (a diagnostic the method never sees, never a default)."""
-    unlabeled = read_split(index_path, "unlabeled")
-    clusters = pd.factorize(unlabeled["class_name"], sort=True)[0]
     out.parent.mkdir(parents=True, exist_ok=True)
-    frame = pd.DataFrame({"image_id": unlabeled["image_id"], "cluster": clusters, "distance": 0.0})
+    frame = pd.DataFrame(
+        {"image_id": list(species), "cluster": list(species.values()), "distance": 0.0}
+    )
     frame.astype({"cluster": "int64", "distance": "float32"}).to_parquet(out, index=False)
     return out
 
 
+PAIR_KEYS = (  # history metrics of a student that explain what its unlabeled half learned
+    "mined_pos",
+    "mined_neg",
+    "pseudo_pos_precision",
+    "mined_pos_precision",
+    "mined_neg_precision",
+    "grad_rank",
+    "grad_rank_unlabeled_pos",
+    "grad_rank_unlabeled_neg",
+    "grad_ce",
+    "grad_reg",
+)
+
+
+def pair_report(history: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Per-step means over the student's epochs (NaN-aware) of PAIR_KEYS, and the tracked
+    basis means at the end (mu_pos, mu_neg)."""
+    out = {}
+    for key in (*PAIR_KEYS, "mu_pos", "mu_neg"):
+        values = [e[key] for e in history if key in e and np.isfinite(e[key])]
+        if values:
+            out[key] = statistics.fmean(values) if key in PAIR_KEYS else values[-1]
+    return out
+
+
+def format_pairs(pairs: Mapping[str, float]) -> str:
+    return " ".join(f"{k}={v:.3g}" for k, v in pairs.items())
+
+
 def run_seed(
     seed: int, config: PipelineConfig, index_path: Path, work: Path, rows: set[str]
-) -> tuple[dict[str, dict[str, float]], dict[str, float], float]:
-    """Train and score every row for one seed: ({row: metrics}, {row: seconds}, pl seconds)."""
+) -> tuple[dict[str, dict[str, float]], dict[str, float], float, dict[str, dict[str, float]]]:
+    """Train and score every row for one seed: ({row: metrics}, {row: seconds}, pl seconds,
+    {student row: pair_report})."""
     runtime = config.runtime.model_copy(update={"seed": seed})
     out = work / f"seed{seed}"
     shutil.rmtree(out, ignore_errors=True)
     metrics: dict[str, dict[str, float]] = {}
     seconds: dict[str, float] = {}
+    pair_diagnostics: dict[str, dict[str, float]] = {}
     pl_seconds = 0.0
 
     def timed(name: str, fn) -> Any:
@@ -424,11 +503,16 @@ def run_seed(
         )
         return pseudo.path
 
+    species = hidden_species(index_path, config.data.filter)
+
     def student(name: str, labels: Path, init: Path, **update: Any):
         cfg = config.student.model_copy(update=update)
         result = train_student(
-            index_path, labels, init, config.model, cfg, runtime, out / ROW_DIRS[name]
-        )
+            index_path, labels, init, config.model, cfg, runtime, out / ROW_DIRS[name],
+            audit_classes=species,
+        )  # fmt: skip
+        pair_diagnostics[name] = pair_report(result.history)
+        print(f"  seed {seed} {name} pairs: {format_pairs(pair_diagnostics[name])}", flush=True)
         return result.checkpoint_path, evaluate_checkpoint(
             result.checkpoint_path, index_path, runtime
         )
@@ -448,7 +532,7 @@ def run_seed(
             ),
         )
     if not rows & STUDENT_ROW_GROUPS and "teacher" not in rows:
-        return metrics, seconds, pl_seconds
+        return metrics, seconds, pl_seconds, pair_diagnostics
 
     def teacher_row():
         result = train_teacher(index_path, config.model, config.teacher, runtime, out / "teacher")
@@ -458,7 +542,7 @@ def run_seed(
 
     teacher = timed(TEACHER_ROW, teacher_row)
     if not rows & STUDENT_ROW_GROUPS:
-        return metrics, seconds, pl_seconds
+        return metrics, seconds, pl_seconds, pair_diagnostics
     labels = pseudo_labels(teacher, "teacher")
     if "controls" in rows:  # labeled data only, the student's exact labeled batches
         timed(
@@ -479,7 +563,7 @@ def run_seed(
             )
         full = checkpoint
     if "oracle" in rows:
-        oracle = oracle_pseudo_labels(index_path, out / "oracle" / "pseudo_labels.parquet")
+        oracle = oracle_pseudo_labels(species, out / "oracle" / "pseudo_labels.parquet")
         timed(ORACLE_ROW, lambda: student(ORACLE_ROW, oracle, teacher))
         timed(
             ORACLE_PL_ROW,
@@ -488,7 +572,7 @@ def run_seed(
     if "rounds" in rows and full is not None:
         round2 = pseudo_labels(full, ROW_DIRS[STUDENTS[-1][0]])
         timed(ROUND2_ROW, lambda: student(ROUND2_ROW, round2, full))
-    return metrics, seconds, pl_seconds
+    return metrics, seconds, pl_seconds, pair_diagnostics
 
 
 def report(seed: int, name: str, metrics: Mapping[str, float], seconds: float) -> None:
@@ -604,7 +688,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(f"leakage filter removed {len(removed)} unlabeled species: {', '.join(removed)}")
     index_path = Path(prepared.index_path)
     if args.validation:
-        index_path = holdout_index(index_path, work / "validation" / "index.parquet", args.holdout)
+        index_path = holdout_index(
+            index_path, work / "validation" / "index.parquet", args.holdout, config.data.filter
+        )
         print(f"VALIDATION protocol: last {args.holdout} training classes are the test set")
 
     views = min(
@@ -623,8 +709,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         seconds[TRUNK_ROW] = time.perf_counter() - start
         report(0, TRUNK_ROW, per_seed[TRUNK_ROW][0], seconds[TRUNK_ROW])
     pl_seconds = 0.0
+    pair_diagnostics: dict[str, list[dict[str, float]]] = {}
     for seed in range(seeds):
-        metrics, took, pl = run_seed(seed, config, index_path, work, rows)
+        metrics, took, pl, pairs = run_seed(seed, config, index_path, work, rows)
+        for name, report_ in pairs.items():
+            pair_diagnostics.setdefault(name, []).append(report_)
         pl_seconds += pl
         for name, values in metrics.items():
             per_seed.setdefault(name, []).append(values)
@@ -639,6 +728,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "metrics_scale": "fractions (the printed table shows percent)",
         "data_counts": prepared.counts,
         "leakage_filter_removed": removed,
+        "labels_hidden": filter_report.get("labels_hidden", {}),
+        "pair_diagnostics_by_seed": pair_diagnostics,
         "config": config.model_dump(mode="json", exclude={"data"}),
         "timing_seconds": {
             "prepare_data": prepare_seconds,

@@ -54,12 +54,11 @@ from slade_core.config import (
 )
 from slade_core.decoded import decoded_file
 from slade_core.io import write_json
-from slade_core.losses import build_ranking_loss
+from slade_core.losses import SladeLoss, build_ranking_loss
 from slade_core.models import create_model, resolve_device
 from slade_core.samplers import JointBatchSampler, MPerClassBatchSampler
 from slade_core.training.data import make_source
 from slade_core.training.loop import Precision, build_optimizer, seed_everything
-from slade_core.training.student import StudentObjective
 from slade_core.workers import loader_workers, usable_cpus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -275,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         MPerClassBatchSampler(labels, 4, half, 0, per_epoch, stream=1),  # pseudo = labels
         unlabeled_offset=len(frame),
     )
-    objective = StudentObjective(student, spec.embedding_dim, 2 * classes).to(device)
+    objective = SladeLoss(student, spec.embedding_dim, classes, classes).to(device)
     joint_labels = torch.cat([label_tensor, label_tensor + classes])
     runs["student"] = training_epoch(
         student_net,

@@ -127,9 +127,26 @@ class TeacherConfig(StrictModel):
 
 
 class BasisConfig(StrictModel):
-    """Feature basis W_a (k_b x d) and its regulariser (L_Basis = L_CE + L_reg)."""
+    """Feature basis W_a (k_b x d) and its regulariser (L_Basis = L_CE + L_reg).
 
-    size: int = Field(128, ge=2)
+    ce_labels: what L_CE classifies.
+      - "labeled" (the paper's reading): the labeled half only, against its true classes;
+        basis vector j is class j's weight (logits = scale * r[:, :C_l]), so the basis learns
+        from true labels alone and scores unlabeled pairs with that knowledge;
+      - "joint": both halves, labeled classes and cluster ids in one label space, read out of
+        r by an extra classifier when there are more ids than basis vectors (slade <= 0.1;
+        the basis can then memorise the noisy clusters).
+    size: k_b, the number of basis vectors; None = one per labeled class.
+    center: s(i, j) is the cosine of the basis representations minus the joint batch's mean
+      representation (False: of the raw representations, whose cosines crowd near 1).
+    restart_moments: the tracked mu/sigma start afresh at the first joint step (they lag the
+      basis during warm-up: ~1/(1 - momentum) steps of memory).
+    """
+
+    ce_labels: Literal["labeled", "joint"] = "labeled"
+    size: int | None = Field(None, ge=2)
+    center: bool = True
+    restart_moments: bool = True
     regularizer: Literal["sd", "global_ce", "local_ce", "none"] = "sd"
     momentum: float = Field(0.99, ge=0, lt=1)
     sd_margin: float = 0.1
@@ -139,9 +156,16 @@ class BasisConfig(StrictModel):
 
 
 class MiningConfig(StrictModel):
-    """Sample mining on basis similarities: P = {s >= T1}, N = {s <= T2}."""
+    """Sample mining on basis similarities: P = {s >= T1}, N = {s <= T2}.
 
-    thresholds: Literal["adaptive", "fixed"] = "adaptive"
+    name: the miner (`slade_core.miners.MINERS`). thresholds: see
+    `slade_core.miners.basis_pairs` ("adaptive": T1 = mu+, T2 = mu-; "boundary": both at the
+    equal-density point of the tracked Gaussians; "crossed": T1 = mu-, T2 = mu+; "fixed":
+    t1, t2). require_label_agreement: P also needs equal pseudo labels, N different ones.
+    """
+
+    name: Literal["basis_pairs"] = "basis_pairs"
+    thresholds: Literal["adaptive", "boundary", "crossed", "fixed"] = "crossed"
     t1: float = 0.7
     t2: float = 0.3
     require_label_agreement: bool = True

@@ -120,12 +120,21 @@ def test_data_flag_swaps_only_the_data_section(birds):
     assert swapped.cluster.k == 123 and swapped.preset == "birds_offline"
 
 
+def _rows(source, label, split, names, count):
+    return [
+        {"image_id": f"{source}/{label}/{i}", "label": label, "class_name": names[label],
+         "split": split, "source": source}
+        for i in range(count)
+    ]  # fmt: skip
+
+
+NAMES = {label: f"Species_{chr(65 + label)}" for label in range(12)} | {99: "Species_Z", -1: "x"}
+
+
 def test_holdout_index_hides_the_test_classes(birds, tmp_path):
-    rows = []
-    for label in range(12):
-        rows += [{"image_id": f"a/{label}/{i}", "label": label, "split": "train"} for i in range(3)]
-    rows += [{"image_id": f"b/{i}", "label": 99, "split": "test"} for i in range(3)]
-    rows += [{"image_id": f"u/{i}", "label": -1, "split": "unlabeled"} for i in range(3)]
+    rows = [r for label in range(12) for r in _rows("a", label, "train", NAMES, 3)]
+    rows += _rows("a", 99, "test", NAMES, 3)
+    rows += _rows("u", -1, "unlabeled", {-1: "SPECIES Q"}, 3)
     pd.DataFrame(rows).to_parquet(tmp_path / "index.parquet")
     out = birds.holdout_index(tmp_path / "index.parquet", tmp_path / "v" / "index.parquet", 3)
     index = pd.read_parquet(out)
@@ -134,6 +143,36 @@ def test_holdout_index_hides_the_test_classes(birds, tmp_path):
     assert (index["split"] == "unlabeled").sum() == 3
     with pytest.raises(SystemExit, match="--holdout"):
         birds.holdout_index(tmp_path / "index.parquet", tmp_path / "w.parquet", 5)
+
+
+def test_holdout_index_with_scarce_labels_moves_hidden_images_of_held_classes(birds, tmp_path):
+    """Scarce labels: the held-out classes' hidden images join their test set, and another
+    set's images of a held-out species leave the unlabeled set (no leak into tuning)."""
+    rows = [r for label in range(12) for r in _rows("a", label, "train", NAMES, 2)]
+    hidden = [{**r, "label": -1, "split": "unlabeled", "image_id": r["image_id"] + "h"}
+              for label in (0, 11) for r in _rows("a", label, "train", NAMES, 3)]  # fmt: skip
+    other = [{**r, "image_id": f"u/{name}/{r['image_id']}"}
+             for name in ("SPECIES L", "SPECIES A")
+             for r in _rows("u", -1, "unlabeled", {-1: name}, 2)]  # fmt: skip
+    pd.DataFrame(rows + hidden + other).to_parquet(tmp_path / "index.parquet")
+    out = birds.holdout_index(tmp_path / "index.parquet", tmp_path / "v" / "index.parquet", 3)
+    index = pd.read_parquet(out)
+    test = index[index["split"] == "test"]
+    assert test.groupby("label").size().to_dict() == {9: 2, 10: 2, 11: 5}
+    unlabeled = index[index["split"] == "unlabeled"]
+    assert set(unlabeled["class_name"]) == {"Species_A", "SPECIES A"}  # a kept class's
+    assert len(unlabeled) == 5
+
+
+def test_hidden_species_joins_names_of_one_species_across_sets(birds, tmp_path):
+    rows = _rows("a", 0, "train", NAMES, 1) + _rows("a", 1, "test", NAMES, 1)
+    rows += [{**r, "label": -1, "split": "unlabeled", "image_id": "a/h"}
+             for r in _rows("a", 0, "train", NAMES, 1)]  # fmt: skip
+    rows += [{**r, "image_id": f"u/{i}"} for i, name in enumerate(["SPECIES A", "OTHER BIRD"])
+             for r in _rows("u", -1, "unlabeled", {-1: name}, 1)]  # fmt: skip
+    pd.DataFrame(rows).to_parquet(tmp_path / "index.parquet")
+    species = birds.hidden_species(tmp_path / "index.parquet", birds.FilterSettings())
+    assert species["a/h"] == species["u/0"] != species["u/1"]
 
 
 def test_missing_data_root_is_a_clear_error(birds, tmp_path):

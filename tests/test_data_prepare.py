@@ -148,3 +148,70 @@ def test_quickstart_synthetic_set(tmp_path):
     assert sorted(index.loc[index["split"] != "unlabeled", "label"].unique()) == [0, 1, 2, 3]
     assert (index.loc[index["split"] == "unlabeled", "label"] == -1).all()
     assert result.counts["bad_images"] == 0
+
+
+def _scarce_preset(root, per_class, seed, against="test"):
+    return parse_data_preset(
+        {
+            "labeled": {
+                "dataset": {"name": "birds", "type": "folder", "path": str(root)},
+                "split": {
+                    "rule": "classes",
+                    "train": [0, 1],
+                    "test": [2, 2],
+                    "labeled_per_class": per_class,
+                    "seed": seed,
+                },
+            },
+            "filter": {"against": against},
+        }
+    )
+
+
+@pytest.fixture()
+def five_per_class(tmp_path):
+    root = tmp_path / "birds"
+    for name in ("Brown_Creeper", "Cactus_Wren", "Ostrich"):
+        for i in range(5):
+            write_image(root / name / f"{i}.png")
+    return root
+
+
+def test_scarce_labels_hide_all_but_n_per_training_class(tmp_path, five_per_class):
+    result = prepare_data(_scarce_preset(five_per_class, 2, 0), tmp_path / "o", tmp_path / "d")
+    index = pd.read_parquet(result.index_path)
+    train = index[index["split"] == "train"]
+    assert train.groupby("class_name").size().to_dict() == {"Brown_Creeper": 2, "Cactus_Wren": 2}
+    hidden = index[index["split"] == "unlabeled"]
+    assert len(hidden) == 6 and (hidden["source"] == "birds").all()
+    assert (hidden["label"] == -1).all()  # the method never sees their labels
+    assert set(hidden["class_name"]) == {"Brown_Creeper", "Cactus_Wren"}  # diagnostics do
+    assert (index["split"] == "test").sum() == 5  # test classes keep every image
+    assert result.counts["labels_hidden_images"] == 6 and result.counts["images_unlabeled"] == 6
+    report = json.loads(result.report_path.read_text())["labels_hidden"]
+    assert report == {
+        "labeled_per_class": 2,
+        "seed": 0,
+        "train_classes": 2,
+        "train_images_before": 10,
+        "kept_labeled": 4,
+        "moved_to_unlabeled": 6,
+    }
+
+
+def test_scarce_labels_are_seeded(tmp_path, five_per_class):
+    def kept(seed, name):
+        result = prepare_data(
+            _scarce_preset(five_per_class, 2, seed), tmp_path / name, tmp_path / "d"
+        )
+        index = pd.read_parquet(result.index_path)
+        return sorted(index.loc[index["split"] == "train", "image_id"])
+
+    assert kept(0, "a") == kept(0, "b")
+    assert any(kept(s, f"s{s}") != kept(0, "a") for s in (1, 2, 3))
+
+
+def test_without_scarce_labels_nothing_moves(tmp_path, five_per_class):
+    result = prepare_data(_scarce_preset(five_per_class, None, 0), tmp_path / "o", tmp_path / "d")
+    assert result.counts["labels_hidden_images"] == 0
+    assert result.counts["images_train"] == 10 and result.counts["images_unlabeled"] == 0

@@ -9,7 +9,7 @@ import torch
 
 from slade_core.config import MiningConfig, RankingLossConfig
 from slade_core.losses import build_ranking_loss
-from slade_core.mining import BasisPairMiner
+from slade_core.miners import MINERS, BasisPairMiner, build_miner, decision_boundary
 
 # 4 samples, pseudo labels [0, 0, 1, 1].
 SIM = torch.tensor(
@@ -32,7 +32,8 @@ def both_ways(*pairs):
 
 
 def mine(mu_pos=None, mu_neg=None, **cfg):
-    a1, p, a2, n = BasisPairMiner(MiningConfig(**cfg)).mine(SIM, LABELS, mu_pos, mu_neg)
+    moments = None if mu_pos is None else {"mu_pos": mu_pos, "mu_neg": mu_neg}
+    a1, p, a2, n = BasisPairMiner(MiningConfig(**cfg)).mine(SIM, LABELS, moments)
     assert all(x.dtype == torch.long for x in (a1, p, a2, n))
     return pair_set(a1, p), pair_set(a2, n)
 
@@ -63,7 +64,7 @@ def test_adaptive_needs_stats():
     with pytest.raises(ValueError, match="mu_pos"):
         miner.mine(SIM, LABELS)
     with pytest.raises(ValueError, match="fixed"):
-        miner.mine(SIM, LABELS, math.nan, 0.1)
+        miner.mine(SIM, LABELS, {"mu_pos": math.nan, "mu_neg": 0.1})
 
 
 def test_contradictory_pairs_are_dropped():
@@ -89,3 +90,42 @@ def test_mined_pairs_feed_the_ranking_loss():
     loss = build_ranking_loss(RankingLossConfig(name="multi_similarity"))(x, LABELS, pairs=pairs)
     loss.backward()
     assert torch.isfinite(x.grad).all()
+
+
+def test_crossed_thresholds_only_veto_pairs_beyond_the_other_sides_mean():
+    # T1 = mu- = 0.3, T2 = mu+ = 0.8; with agreement: positives (0,1) 0.9 and (2,3) 0.4 stay,
+    # negatives above 0.8 would go (none here), all four negatives stay
+    pos, neg = mine(0.8, 0.3, thresholds="crossed", require_label_agreement=True)
+    assert pos == both_ways((0, 1), (2, 3))
+    assert neg == both_ways((0, 2), (0, 3), (1, 2), (1, 3))
+    pos, _ = mine(0.8, 0.45, thresholds="crossed", require_label_agreement=True)
+    assert pos == both_ways((0, 1))  # (2, 3) at 0.4 is less alike than an average negative
+
+
+def test_boundary_thresholds_split_every_pair_at_one_point():
+    moments = {"mu_pos": 0.9, "sigma_pos": 0.1, "mu_neg": 0.2, "sigma_neg": 0.1}
+    miner = BasisPairMiner(MiningConfig(thresholds="boundary"))
+    assert miner.thresholds(moments) == pytest.approx((0.55, 0.55))
+    a1, p, a2, n = miner.mine(SIM, LABELS, moments)
+    pos, neg = pair_set(a1, p), pair_set(a2, n)
+    assert pos == both_ways((0, 1), (0, 3))  # no agreement: the basis decides alone
+    assert neg == both_ways((0, 2), (1, 2), (1, 3), (2, 3))  # every other pair
+    with pytest.raises(ValueError, match="sigma_pos"):
+        miner.mine(SIM, LABELS, {"mu_pos": 0.8, "mu_neg": 0.2})
+
+
+def test_decision_boundary_is_where_the_densities_meet():
+    assert decision_boundary(0.8, 0.1, 0.2, 0.1) == pytest.approx(0.5)
+    s = decision_boundary(0.9, 0.05, 0.5, 0.2)  # a narrow positive side pulls it up
+    assert 0.7 < s < 0.9
+
+    def density(x, mu, sigma):
+        return math.exp(-((x - mu) ** 2) / (2 * sigma**2)) / sigma
+
+    assert density(s, 0.9, 0.05) == pytest.approx(density(s, 0.5, 0.2), rel=1e-6)
+    assert decision_boundary(0.3, 0.1, 0.5, 0.1) == pytest.approx(0.4)  # wrong order: midpoint
+
+
+def test_miners_are_registered_by_name():
+    assert isinstance(build_miner(MiningConfig()), BasisPairMiner)
+    assert set(MINERS) == {"basis_pairs"}

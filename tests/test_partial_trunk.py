@@ -11,14 +11,13 @@ import torch
 import torch.nn.functional as F
 from test_training import _model, _runtime, _student, _teacher, dataset  # noqa: F401
 
-from slade_core.config import EvalConfig, ModelConfig, OptimConfig, StudentConfig
+from slade_core.config import EvalConfig, ModelConfig, OptimConfig
 from slade_core.evaluate import TRUNK_ROW, evaluate
 from slade_core.features import cached_prefix_features, prefix_feature_file
 from slade_core.models import create_model, load_model
 from slade_core.samplers import first_occurrences
 from slade_core.training import train_student, train_teacher
 from slade_core.training.loop import RESUME_FILE
-from slade_core.training.student import StudentObjective
 
 
 def _spec(backbone="tf_efficientnet_lite0", **kw) -> ModelConfig:
@@ -182,26 +181,6 @@ def test_repeated_rows_never_form_pairs_in_the_student(dataset, tmp_path):  # no
     assert last["duplicate_fraction"] == pytest.approx(0.5)  # 2 of every 4 draws repeat
     assert last["mined_pos"] <= 4
     assert last["grad_rank"] > 0 and last["grad_ce"] > 0
-
-
-def test_student_objective_reports_each_terms_gradient():
-    cfg = StudentConfig(labeled_batch_size=4, unlabeled_batch_size=4, m_per_class=2)
-    cfg.basis.warmup_iterations = 0
-    objective = StudentObjective(cfg, embedding_dim=8, num_classes=4)
-    torch.manual_seed(0)
-    embeddings = F.normalize(torch.randn(8, 8), dim=-1).requires_grad_(True)
-    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
-    objective.moments(  # seed the tracked means so adaptive mining has thresholds
-        torch.eye(4), labels[4:]
-    )
-    loss, metrics = objective(embeddings, labels, split=4, warmup=False)
-    assert loss.requires_grad
-    for term in ("rank", "rank_unlabeled", "ce", "reg"):
-        assert f"grad_{term}" in metrics
-    assert metrics["grad_rank"] > 0 and metrics["grad_ce"] > 0
-    no_unlabeled = cfg.model_copy(update={"lambda1": 0.0})
-    _, zero = StudentObjective(no_unlabeled, 8, 4)(embeddings, labels, split=4, warmup=False)
-    assert zero["grad_rank_unlabeled"] == 0
 
 
 def test_evaluate_reports_the_pretrained_trunk_first(dataset, tmp_path):  # noqa: F811

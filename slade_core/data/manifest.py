@@ -82,7 +82,16 @@ class Source(Strict):
         return self.filename.endswith((".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tar.xz", ".zip"))
 
 
-class ClassSplit(Strict):
+class _ScarceLabels(Strict):
+    """Scarce labels (either split rule): keep `labeled_per_class` images of every training
+    class labeled and move the rest into the unlabeled set with their labels hidden, as a
+    team that labeled only a few images per class has it. Seeded; None keeps every label."""
+
+    labeled_per_class: int | None = Field(None, ge=1)
+    seed: int = 0
+
+
+class ClassSplit(_ScarceLabels):
     """Class-disjoint metric-learning split by class id ranges (inclusive, as in the layout)."""
 
     rule: Literal["classes"]
@@ -99,7 +108,7 @@ class ClassSplit(Strict):
         return self
 
 
-class SourceSplit(Strict):
+class SourceSplit(_ScarceLabels):
     """Use the split the layout itself gives (In-shop partition file, CSV `split` column)."""
 
     rule: Literal["source"]

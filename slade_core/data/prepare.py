@@ -1,7 +1,8 @@
 """The prepare_data stage: datasets of a preset -> index.parquet + filter_report.json.
 
 Order: load and validate every manifest (fail before any download) -> fetch/unpack ->
-parse each layout -> split the labeled set -> filter the unlabeled sets against the labeled
+parse each layout -> split the labeled set (and hide all but N labels per training class
+when the split asks for scarce labels) -> filter the unlabeled sets against the labeled
 classes -> subset reductions -> decode-check every image (bad rows are excluded and listed)
 -> remap labels to 0..C-1 over labeled rows (-1 for unlabeled) -> write both files
 atomically. Schema of index.parquet: see CONTRACTS.md / README.
@@ -24,7 +25,7 @@ from slade_core.data.filtering import filter_unlabeled
 from slade_core.data.image_check import check_images, mode_counts
 from slade_core.data.parsers import parse_dataset
 from slade_core.data.preset import DataPreset, DatasetRef
-from slade_core.data.rules import apply_split, apply_subset
+from slade_core.data.rules import apply_split, apply_subset, hide_labels
 from slade_core.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ def prepare_data(data: DataPreset, out_dir: Path, downloads_dir: Path) -> Prepar
     labeled, report["subset"][labeled_manifest.name] = _subset(
         labeled, data.labeled, labeled_manifest
     )
+    labeled, report["labels_hidden"] = hide_labels(labeled, split_rule)
     frames = [_finish(labeled, root, labeled_manifest.name)]
     report["datasets"][labeled_manifest.name] = {
         "role": "labeled",
@@ -188,6 +190,7 @@ def _counts(index: pd.DataFrame, report: dict[str, Any]) -> dict[str, int]:
         counts[f"classes_{s}"] = int(index.loc[index["split"] == s, "label"].nunique())
     counts["filter_removed_classes"] = sum(f.get("removed_classes", 0) for f in report["filter"])
     counts["filter_removed_images"] = sum(f.get("removed_images", 0) for f in report["filter"])
+    counts["labels_hidden_images"] = report["labels_hidden"].get("moved_to_unlabeled", 0)
     counts["bad_images"] = report["image_check"]["bad_count"]
     counts["duplicate_images"] = len(report["duplicates"])
     return counts

@@ -1,9 +1,11 @@
-"""Manifest rules on a parsed frame: the metric-learning split and the subset reductions."""
+"""Manifest rules on a parsed frame: the metric-learning split, scarce labels and the subset
+reductions."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from slade_core.data.errors import DataError
@@ -60,3 +62,30 @@ def apply_subset(frame: pd.DataFrame, rules: SubsetRules) -> tuple[pd.DataFrame,
         "images_after": len(frame),
     }
     return frame, report
+
+
+def hide_labels(frame: pd.DataFrame, rule: SplitRule) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Scarce labels: all but `rule.labeled_per_class` train images of each class become
+    split "unlabeled" (their label is dropped by the index's remap, their class_name stays
+    for diagnostics only). The kept images are a seeded draw per class, independent of row
+    order; classes with no more images than that keep them all."""
+    per_class = rule.labeled_per_class
+    report: dict[str, Any] = {"labeled_per_class": per_class, "seed": rule.seed}
+    if per_class is None:
+        return frame, report
+    train = frame[frame["split"] == "train"].sort_values(["label", "rel"])
+    rng = np.random.default_rng(rule.seed)
+    moved: list[Any] = []
+    for _, rows in train.groupby("label", sort=True):
+        if len(rows) > per_class:
+            order = rng.permutation(len(rows))
+            moved.extend(rows.index[order[per_class:]])
+    out = frame.copy()
+    out.loc[moved, "split"] = "unlabeled"
+    report |= {
+        "train_classes": int(train["label"].nunique()),
+        "train_images_before": len(train),
+        "kept_labeled": len(train) - len(moved),
+        "moved_to_unlabeled": len(moved),
+    }
+    return out, report

@@ -42,9 +42,16 @@ class FeatureBasis(nn.Module):
         return embeddings @ self.weight.to(embeddings.dtype).T
 
     @staticmethod
-    def similarity(representation: torch.Tensor) -> torch.Tensor:
-        """s(i, j) = cos(r_i, r_j), [B, B], in float32 (the SD statistics need the precision)."""
-        unit = F.normalize(representation.float(), dim=1)
+    def similarity(
+        representation: torch.Tensor, center: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """s(i, j) = cos(r_i - c, r_j - c), [B, B], in float32 (the SD statistics need the
+        precision). `center` c (e.g. the batch's mean r) removes the component every r
+        shares: without it the cosines of L2-normalised embeddings crowd near 1."""
+        r = representation.float()
+        if center is not None:
+            r = r - center.float()
+        unit = F.normalize(r, dim=1)
         return unit @ unit.T
 
 

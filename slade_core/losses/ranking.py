@@ -67,14 +67,19 @@ def _checked_pairs(pairs: PairIndices, batch_size: int, device: torch.device) ->
     return a1, p, a2, n
 
 
+RANKING_LOSSES = {
+    "contrastive": lambda cfg: pml_losses.ContrastiveLoss(
+        pos_margin=cfg.pos_margin, neg_margin=cfg.neg_margin
+    ),
+    "multi_similarity": lambda cfg: pml_losses.MultiSimilarityLoss(
+        alpha=cfg.ms_alpha, beta=cfg.ms_beta, base=cfg.ms_base
+    ),
+}
+
+
 def build_ranking_loss(cfg: RankingLossConfig) -> RankingLoss:
-    """Contrastive (Euclidean, margins m_pos/m_neg) or multi-similarity, from the config."""
-    if cfg.name == "contrastive":
-        loss = pml_losses.ContrastiveLoss(pos_margin=cfg.pos_margin, neg_margin=cfg.neg_margin)
-    elif cfg.name == "multi_similarity":
-        loss = pml_losses.MultiSimilarityLoss(
-            alpha=cfg.ms_alpha, beta=cfg.ms_beta, base=cfg.ms_base
-        )
-    else:  # unreachable through the validated config; guards hand-built ones
-        raise ValueError(f"unknown ranking loss {cfg.name!r}; use contrastive|multi_similarity")
-    return RankingLoss(loss)
+    """The PML loss registered under `cfg.name` (contrastive: Euclidean, margins m_pos/m_neg;
+    multi-similarity: alpha, beta, base), wrapped."""
+    if cfg.name not in RANKING_LOSSES:
+        raise ValueError(f"unknown ranking loss {cfg.name!r}; registered: {sorted(RANKING_LOSSES)}")
+    return RankingLoss(RANKING_LOSSES[cfg.name](cfg))

@@ -102,6 +102,11 @@ class SimilarityMoments(nn.Module):
         mu_neg, var_neg = self._track(sim[neg], "neg")
         return PairMoments(mu_pos, var_pos, mu_neg, var_neg)
 
+    def restart(self) -> None:
+        """Forget the tracked values: the next batch initialises them again."""
+        self.seen_pos.fill_(False)
+        self.seen_neg.fill_(False)
+
     def stats(self) -> dict[str, float]:
         """Tracked mu/sigma as floats; NaN for a side not seen yet."""
         out = {}

@@ -146,7 +146,8 @@ def run_epochs(
     schedule: str = "constant",
 ) -> list[dict[str, float]]:
     """Train epochs 1..`epochs` (continuing from out_dir/resume.pt when it matches) and
-    return the history: one dict per epoch with "epoch", the mean of every step metric,
+    return the history: one dict per epoch with "epoch", the mean of every step metric
+    (over the steps that report it a finite value: NaN means "no such pair this step"),
     "loss", `epoch_metrics()` and "lr" (of the first parameter group, the head, at the end
     of the epoch). `schedule` is OptimConfig.schedule."""
     scaler = precision.grad_scaler()
@@ -158,7 +159,8 @@ def run_epochs(
     for epoch in range(len(history) + 1, epochs + 1):
         for module in modules.values():
             module.train()
-        totals: dict[str, torch.Tensor] = {}
+        totals: dict[str, torch.Tensor] = {}  # per metric: sum and count of finite values
+        counts: dict[str, torch.Tensor] = {}
         bar = tqdm(  # counts steps; off on other ranks and when stderr is not a terminal
             total=iterations,
             desc=f"{stage} {epoch}/{epochs}",
@@ -175,12 +177,18 @@ def run_epochs(
             scheduler.step()
             for name, value in {"loss": loss, **metrics}.items():
                 value = torch.as_tensor(value).detach().float()
+                finite = torch.isfinite(value)
+                value = torch.where(finite, value, torch.zeros_like(value))
                 totals[name] = totals[name] + value if name in totals else value
+                counts[name] = counts[name] + finite if name in counts else finite.int()
             if i % 20 == 0:
                 bar.set_postfix(loss=f"{float(loss.detach()):.4f}", refresh=False)
             bar.update(1)
         bar.close()
-        summary = {name: float(total) / iterations for name, total in totals.items()}
+        summary = {
+            name: float(total) / int(counts[name]) if int(counts[name]) else math.nan
+            for name, total in totals.items()
+        }
         if epoch_metrics is not None:
             summary.update(epoch_metrics())
         summary["lr"] = float(optimizer.param_groups[0]["lr"])
