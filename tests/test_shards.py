@@ -123,3 +123,14 @@ def test_sharded_pseudo_labels_name_the_missing_split(tmp_path):
     dataset = _write_dataset(tmp_path / "embeddings.parquet", x, 8)
     with pytest.raises(ValueError, match="split='test'"):
         make_sharded_pseudo_labels(dataset, tmp_path / "out", ClusterConfig(k=2), split="test")
+
+
+def test_a_dataset_digest_changes_with_any_part(tmp_path):
+    from slade_core.io import file_digest
+
+    x, _ = blobs(n=20)
+    dataset = _write_dataset(tmp_path / "embeddings.parquet", x, 8)
+    before = file_digest(dataset)
+    assert file_digest(dataset) == before
+    (dataset / "part-00001.parquet").rename(dataset / "part-00009.parquet")
+    assert file_digest(dataset) != before
