@@ -32,6 +32,7 @@ from slade_core.config import RuntimeConfig, ShardConfig
 from slade_core.embeddings import extract_embedding_shard, model_digest
 from slade_core.io import write_json
 from slade_core.shards import Shard, plan_shards, select_rows
+from tasks.faults import maybe_hang
 from tasks.locations import runs_root
 
 STORE = "_shards"
@@ -64,6 +65,7 @@ def embed_shard(
     """Embed one shard into the store (skipped when its file is there already)."""
     path = _shard_file(store, digest, shard)
     if not path.exists():
+        maybe_hang("embed_shard")
         extract_embedding_shard(checkpoint, index, path, splits, shard, runtime)
     return {
         "number": shard.number,
