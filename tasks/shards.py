@@ -30,7 +30,7 @@ from prefect.runtime import task_run
 
 from slade_core.config import RuntimeConfig, ShardConfig
 from slade_core.embeddings import extract_embedding_shard, model_digest
-from slade_core.io import write_json
+from slade_core.io import stable_hash, write_json
 from slade_core.shards import Shard, plan_shards, select_rows
 from tasks.faults import maybe_hang
 from tasks.locations import runs_root
@@ -44,7 +44,7 @@ def _shard_file(store: str, digest: str, shard: Shard) -> Path:
 
 def _shard_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     shard_file = _shard_file(parameters["store"], parameters["digest"], parameters["shard"])
-    return f"embed_shard-{shard_file.stem}-{Path(parameters['store']).as_posix()}"
+    return f"embed_shard-{shard_file.stem}-{stable_hash(parameters['store'], length=8)}"
 
 
 @task(
