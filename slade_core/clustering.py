@@ -2,7 +2,9 @@
 
 SLADE step 2: the teacher embeds the unlabeled images and each k-means cluster id becomes a
 pseudo label for the student. k-means can train on a seeded sample and then assign every
-point, so it scales to unlabeled sets far larger than what k-means must see.
+point, so it scales to unlabeled sets far larger than what k-means must see: with a
+partitioned embeddings dataset (`slade_core.shards`) the sample is gathered and the points
+assigned one part at a time, so memory is bounded by the sample and one shard.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ from typing import Any
 import faiss
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
 from slade_core.config import ClusterConfig
 from slade_core.embeddings import read_embeddings
-from slade_core.io import atomic_path
+from slade_core.io import atomic_dir, atomic_path
+from slade_core.shards import dataset_parts, part_name
 
 
 @dataclass(frozen=True)
@@ -52,22 +56,40 @@ def spherical_kmeans(
     n_init runs keep the best objective.
     """
     x = _unit_rows(x)
-    n = len(x)
+    rows = sample_rows(len(x), k, seed, train_sample_size)
+    train = x if rows is None else x[rows]
+    centroids = train_centroids(train, k, iterations, seed, n_init, max_points_per_centroid)
+    assignments, distances = assign(x, centroids)
+    return KMeansResult(assignments=assignments, distances=distances, centroids=centroids)
+
+
+def sample_rows(n: int, k: int, seed: int, train_sample_size: int | None) -> np.ndarray | None:
+    """Sorted seeded row numbers k-means trains on; None when every row is used."""
     if k < 2:
         raise ValueError(f"k-means needs k >= 2 clusters, got k={k}")
     if k > n:
         raise ValueError(f"k={k} clusters but only {n} points; lower cluster.k")
-    train = x
-    if train_sample_size is not None and train_sample_size < n:
-        if train_sample_size < k:
-            raise ValueError(
-                f"train_sample_size={train_sample_size} is smaller than k={k}; "
-                "raise cluster.train_sample_size or lower cluster.k"
-            )
-        rows = np.random.default_rng(seed).choice(n, train_sample_size, replace=False)
-        train = x[np.sort(rows)]
+    if train_sample_size is None or train_sample_size >= n:
+        return None
+    if train_sample_size < k:
+        raise ValueError(
+            f"train_sample_size={train_sample_size} is smaller than k={k}; "
+            "raise cluster.train_sample_size or lower cluster.k"
+        )
+    return np.sort(np.random.default_rng(seed).choice(n, train_sample_size, replace=False))
+
+
+def train_centroids(
+    train: np.ndarray,
+    k: int,
+    iterations: int,
+    seed: int,
+    n_init: int,
+    max_points_per_centroid: int,
+) -> np.ndarray:
+    """Unit-norm float32 [k, d] centroids of spherical FAISS k-means on unit rows."""
     kmeans = faiss.Kmeans(
-        x.shape[1],
+        train.shape[1],
         k,
         niter=iterations,
         nredo=n_init,
@@ -78,15 +100,15 @@ def spherical_kmeans(
         verbose=False,
     )
     kmeans.train(train)
-    centroids = np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
+    return np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
+
+
+def assign(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(int64 cluster ids, float32 squared L2 distances) of unit rows to their nearest centroid."""
     nearest = faiss.IndexFlatL2(centroids.shape[1])  # kmeans.index is inner-product here
     nearest.add(centroids)
     distances, assignments = nearest.search(x, 1)
-    return KMeansResult(
-        assignments=assignments[:, 0].astype(np.int64),
-        distances=distances[:, 0].astype(np.float32),
-        centroids=centroids,
-    )
+    return assignments[:, 0].astype(np.int64), distances[:, 0].astype(np.float32)
 
 
 def cluster_size_stats(assignments: np.ndarray, k: int) -> dict[str, Any]:
@@ -94,15 +116,7 @@ def cluster_size_stats(assignments: np.ndarray, k: int) -> dict[str, Any]:
     assignments = np.asarray(assignments)
     if assignments.size and (assignments.min() < 0 or assignments.max() >= k):
         raise ValueError(f"cluster ids must lie in 0..{k - 1}")
-    sizes = np.bincount(assignments, minlength=k)
-    return {
-        "k": int(k),
-        "n_points": int(assignments.size),
-        "min_cluster_size": int(sizes.min()),
-        "median_cluster_size": float(np.median(sizes)),
-        "max_cluster_size": int(sizes.max()),
-        "n_empty": int((sizes == 0).sum()),
-    }
+    return _size_stats(np.bincount(assignments, minlength=k))
 
 
 def label_agreement(assignments: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -156,25 +170,116 @@ def make_pseudo_labels(
     if labeled.any():
         stats.update(label_agreement(result.assignments[labeled], table.labels[labeled]))
 
+    metadata = _pseudo_label_metadata(cfg, split, table.metadata)
+    metadata[b"slade.stats"] = json.dumps(stats, sort_keys=True).encode()
+    out = _pseudo_label_table(table.image_ids, result.assignments, result.distances, metadata)
+    with atomic_path(out_path) as tmp:
+        pq.write_table(out, tmp)
+    return ClusterResult(path=Path(out_path), stats=stats)
+
+
+def make_sharded_pseudo_labels(
+    embeddings_path: str | Path,
+    out_dir: str | Path,
+    cfg: ClusterConfig,
+    split: str = "unlabeled",
+) -> ClusterResult:
+    """Pseudo labels of an embeddings dataset as a dataset: part i labels embeddings part i.
+
+    k-means trains on the seeded sample of `make_pseudo_labels` (the same rows, gathered part
+    by part; every row when cluster.train_sample_size is unset), then each part is assigned
+    with the centroids. So the labels equal `make_pseudo_labels`' on the same rows, and peak
+    memory is the sample plus one part. Parts carry the columns and metadata of
+    pseudo_labels.parquet; `_common_metadata` adds the stats (known only at the end).
+    """
+    parts = dataset_parts(embeddings_path)
+    counts = [_split_rows(p, split) for p in parts]
+    n = sum(counts)
+    if n == 0:
+        raise ValueError(
+            f"no rows with split={split!r} in {embeddings_path}; extract embeddings for that split"
+        )
+    rows = sample_rows(n, cfg.k, cfg.seed, cfg.train_sample_size)
+    train, offset = [], 0
+    for part, count in zip(parts, counts, strict=True):
+        local = None if rows is None else rows[(rows >= offset) & (rows < offset + count)] - offset
+        offset += count
+        if count and (local is None or local.size):
+            x = _unit_rows(read_embeddings(part, splits=[split]).embeddings)
+            train.append(x if local is None else x[local])
+    centroids = train_centroids(
+        np.concatenate(train), cfg.k, cfg.iterations, cfg.seed, cfg.n_init,
+        cfg.max_points_per_centroid,
+    )  # fmt: skip
+
+    sizes = np.zeros(cfg.k, dtype=np.int64)
+    labeled_clusters, labeled_labels, metadata = [], [], {}
+    with atomic_dir(out_dir) as tmp:
+        for number, part in enumerate(parts):
+            table = read_embeddings(part, splits=[split])
+            if len(table):
+                assignments, distances = assign(_unit_rows(table.embeddings), centroids)
+            else:
+                assignments, distances = np.zeros(0, np.int64), np.zeros(0, np.float32)
+            sizes += np.bincount(assignments, minlength=cfg.k)
+            labeled = table.labels >= 0
+            labeled_clusters.append(assignments[labeled])
+            labeled_labels.append(table.labels[labeled])
+            metadata = metadata or _pseudo_label_metadata(cfg, split, table.metadata)
+            out = _pseudo_label_table(table.image_ids, assignments, distances, metadata)
+            pq.write_table(out, tmp / part_name(number))
+        stats = _size_stats(sizes)
+        clusters, labels = np.concatenate(labeled_clusters), np.concatenate(labeled_labels)
+        if clusters.size:
+            stats.update(label_agreement(clusters, labels))
+        stats_meta = {**metadata, b"slade.stats": json.dumps(stats, sort_keys=True).encode()}
+        pq.write_metadata(out.schema.with_metadata(stats_meta), tmp / "_common_metadata")
+    return ClusterResult(path=Path(out_dir), stats=stats)
+
+
+def _split_rows(part: Path, split: str) -> int:
+    column = pq.read_table(part, columns=["split"]).column("split")
+    return int(pc.sum(pc.equal(column, split)).as_py() or 0)
+
+
+def _size_stats(sizes: np.ndarray) -> dict[str, Any]:
+    return {
+        "k": int(sizes.size),
+        "n_points": int(sizes.sum()),
+        "min_cluster_size": int(sizes.min()),
+        "median_cluster_size": float(np.median(sizes)),
+        "max_cluster_size": int(sizes.max()),
+        "n_empty": int((sizes == 0).sum()),
+    }
+
+
+def _pseudo_label_metadata(
+    cfg: ClusterConfig, split: str, embeddings_meta: dict[str, str]
+) -> dict[bytes, bytes]:
     metadata = {
         b"slade.k": str(cfg.k).encode(),
         b"slade.seed": str(cfg.seed).encode(),
         b"slade.split": split.encode(),
         b"slade.config": cfg.model_dump_json().encode(),
-        b"slade.stats": json.dumps(stats, sort_keys=True).encode(),
     }
-    if "slade.model" in table.metadata:  # lineage: which teacher made these pseudo labels
-        metadata[b"slade.model"] = table.metadata["slade.model"].encode()
-    out = pa.table(
+    if "slade.model" in embeddings_meta:  # lineage: which teacher made these pseudo labels
+        metadata[b"slade.model"] = embeddings_meta["slade.model"].encode()
+    return metadata
+
+
+def _pseudo_label_table(
+    image_ids: np.ndarray,
+    assignments: np.ndarray,
+    distances: np.ndarray,
+    metadata: dict[bytes, bytes],
+) -> pa.Table:
+    return pa.table(
         {
-            "image_id": pa.array(np.asarray(table.image_ids, dtype=object), pa.string()),
-            "cluster": pa.array(result.assignments, pa.int64()),
-            "distance": pa.array(result.distances, pa.float32()),
+            "image_id": pa.array(np.asarray(image_ids, dtype=object), pa.string()),
+            "cluster": pa.array(assignments, pa.int64()),
+            "distance": pa.array(distances, pa.float32()),
         }
     ).replace_schema_metadata(metadata)
-    with atomic_path(out_path) as tmp:
-        pq.write_table(out, tmp)
-    return ClusterResult(path=Path(out_path), stats=stats)
 
 
 def _unit_rows(x: Any) -> np.ndarray:

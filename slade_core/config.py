@@ -212,6 +212,25 @@ class ClusterConfig(StrictModel):
     train_sample_size: int | None = Field(None, ge=2)
 
 
+class ShardConfig(StrictModel):
+    """How the unlabeled side is split and where its shards run (`slade_core.shards`).
+
+    rows_per_shard: index rows per extraction shard, one Prefect task run and one Parquet
+      part each (and one part of the pseudo labels); memory per shard is bounded by it.
+    retries: how often a failed shard is retried on its own before the stage fails.
+    dask_address: None runs the shards one after another in the stage's process; a Dask
+      scheduler address ("tcp://scheduler:8786") runs them through prefect-dask's
+      DaskTaskRunner on that cluster's workers (they need the runs directory and images).
+    worker_resources: Dask resources each shard claims, e.g. {"GPU": 1} so shards only run
+      on workers started with `--resources GPU=1`.
+    """
+
+    rows_per_shard: int = Field(50_000, ge=1)
+    retries: int = Field(2, ge=0)
+    dask_address: str | None = Field(None, pattern=r"^[a-z]+://\S+$")
+    worker_resources: dict[str, float] = {}
+
+
 class EvalConfig(StrictModel):
     """Retrieval evaluation: which splits act as query / reference, which recall@k."""
 
@@ -244,6 +263,7 @@ class PipelineConfig(StrictModel):
     runtime: RuntimeConfig = RuntimeConfig()
     teacher: TeacherConfig = TeacherConfig()
     cluster: ClusterConfig = ClusterConfig()
+    shards: ShardConfig = ShardConfig()
     student: StudentConfig = StudentConfig()
     evaluate: EvalConfig = EvalConfig()
     rounds: int = Field(1, ge=1)

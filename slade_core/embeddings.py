@@ -1,11 +1,12 @@
-"""Embedding extraction to `embeddings.parquet`, and reading it back.
+"""Embedding extraction to `embeddings.parquet` (a file, or one part per shard), and reading it.
 
 Batches are streamed to a pyarrow ParquetWriter, so memory stays flat however large the
 index. With a frozen prefix (trainable_blocks >= 0) the cached, memory-mapped eval-view
 prefix outputs are reused and only the suffix and head run. A whole trainable trunk (-1)
 embeds the centre crops of the decoded-image cache (`slade_core.decoded`, the one training
 built; runtime.decoded_cache=False: PIL's eval transform). Schema: README "File schemas"
-(`embeddings.parquet`).
+(`embeddings.parquet`). `extract_embedding_shard` writes one shard's rows as one part of the
+partitioned dataset (`slade_core.shards`); `read_embeddings` reads a file or a dataset.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from slade_core.features import prefix_feature_file
 from slade_core.images import IndexDataset, build_transform
 from slade_core.io import atomic_path, file_digest, stable_hash
 from slade_core.models import EmbeddingNet, create_model, load_model, resolve_device
+from slade_core.shards import Shard, read_dataset, select_rows, shard_rows
 from slade_core.workers import loader_workers
 
 
@@ -77,9 +79,27 @@ def extract_embeddings(
 ) -> EmbeddingsInfo:
     """Embed the index rows whose split is in `splits` (index order) into a parquet file."""
     model, _ = load_model(checkpoint_path)
-    return _write_embeddings(
-        model, index_path, out_path, splits, runtime, file_digest(checkpoint_path)[:16]
-    )
+    frame = select_rows(index_path, splits)
+    return _write_embeddings(model, frame, out_path, runtime, model_digest(checkpoint_path))
+
+
+def extract_embedding_shard(
+    checkpoint_path: str | os.PathLike,
+    index_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    splits: Sequence[str],
+    shard: Shard,
+    runtime: RuntimeConfig,
+) -> EmbeddingsInfo:
+    """Embed one shard of the `splits` rows into its own part file (same schema, atomic)."""
+    model, _ = load_model(checkpoint_path)
+    frame = shard_rows(select_rows(index_path, splits), shard)
+    return _write_embeddings(model, frame, out_path, runtime, model_digest(checkpoint_path))
+
+
+def model_digest(checkpoint_path: str | os.PathLike) -> str:
+    """The checkpoint's content digest, as recorded in the `slade.model` metadata."""
+    return file_digest(checkpoint_path)[:16]
 
 
 def extract_trunk_features(
@@ -93,26 +113,18 @@ def extract_trunk_features(
     schema: the "what did training add" baseline. Reuses the prefix cache of `spec`."""
     model = create_model(spec)
     digest = "pretrained-trunk-" + stable_hash(spec.model_dump(mode="json"), length=8)
-    return _write_embeddings(model, index_path, out_path, splits, runtime, digest, head=False)
+    frame = select_rows(index_path, splits)
+    return _write_embeddings(model, frame, out_path, runtime, digest, head=False)
 
 
 def _write_embeddings(
     model: EmbeddingNet,
-    index_path: str | os.PathLike,
+    frame: pd.DataFrame,
     out_path: str | os.PathLike,
-    splits: Sequence[str],
     runtime: RuntimeConfig,
     model_digest: str,
     head: bool = True,
 ) -> EmbeddingsInfo:
-    splits = [splits] if isinstance(splits, str) else list(splits)
-    index = pd.read_parquet(index_path)
-    frame = index[index["split"].isin(splits)].reset_index(drop=True)
-    if frame.empty:
-        raise ValueError(
-            f"no rows of {index_path} have split in {splits}; "
-            f"available splits: {sorted(index['split'].unique())}"
-        )
     device = resolve_device(runtime.device)
     model.to(device).eval()
     dim = model.spec.embedding_dim if head else model.trunk_dim
@@ -190,11 +202,11 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
 
 
 def read_embeddings(path: str | os.PathLike, splits: Sequence[str] | None = None) -> EmbeddingTable:
-    """Load an embeddings.parquet (optionally only some splits) as numpy arrays."""
+    """Load an embeddings.parquet file or dataset (optionally only some splits) as numpy."""
     if isinstance(splits, str):
         splits = [splits]
     filters = None if splits is None else [("split", "in", list(splits))]
-    table = pq.read_table(path, filters=filters)
+    table = read_dataset(path, filters=filters)
     meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
     column = table.column("embedding")
     dim = table.schema.field("embedding").type.list_size

@@ -73,11 +73,20 @@ def stable_hash(obj: Any, length: int = 16) -> str:
 
 
 def file_digest(path: str | os.PathLike, algorithm: str = "sha256", chunk: int = 1 << 20) -> str:
-    """Hex digest of a file, read in chunks so memory stays flat."""
+    """Hex digest of a file, read in chunks so memory stays flat.
+
+    A directory (a partitioned Parquet dataset) digests its files' relative names and
+    contents in name order, so it changes when a part is added, removed or rewritten.
+    """
+    path = Path(path)
     h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if file != path:
+            h.update(file.relative_to(path).as_posix().encode() + b"\0")
+        with open(file, "rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
     return h.hexdigest()
 
 

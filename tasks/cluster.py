@@ -1,8 +1,9 @@
-"""Stage 4: k-means over the unlabeled embeddings -> pseudo labels (pseudo_labels.parquet)."""
+"""Stage 4: k-means over the unlabeled embeddings -> pseudo labels, one part per embeddings
+part (the `pseudo_labels.parquet/` dataset)."""
 
 from __future__ import annotations
 
-from slade_core.clustering import make_pseudo_labels
+from slade_core.clustering import make_sharded_pseudo_labels
 from slade_core.io import write_json
 from tasks.stage import StageContext, stage_task
 
@@ -10,7 +11,7 @@ from tasks.stage import StageContext, stage_task
 @stage_task("cluster", ("cluster",))
 def cluster_task(ctx: StageContext, config, upstream) -> dict[str, float]:
     """Pseudo labels for the student; cluster-size stats become metrics."""
-    result = make_pseudo_labels(
+    result = make_sharded_pseudo_labels(
         ctx.input(upstream["embeddings"], "embeddings.parquet"),
         ctx.work_dir / "pseudo_labels.parquet",
         config.cluster,

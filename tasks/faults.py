@@ -2,7 +2,9 @@
 
 - SLADE_FAULT_ONCE=<stage> fails that stage before it computes.
 - SLADE_HANG_ONCE=<stage> blocks that stage after its first reported epoch (its resume
-  checkpoint is written), so a test can kill the process in the middle of the stage.
+  checkpoint is written), so a test can kill the process in the middle of the stage;
+  SLADE_HANG_ONCE=embed_shard blocks the first extraction shard. The marker file holds the
+  blocked process's id, the one to kill.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ def _first_time(env: str, kind: str, stage: str) -> bool:
     if marker.exists():
         return False
     marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.touch()
+    marker.write_text(str(os.getpid()))
     return True
 
 

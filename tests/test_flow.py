@@ -211,6 +211,19 @@ def test_stage_artifacts_have_their_schemas(scenario):
     assert (_stage_dir(scenario, "evaluate") / "report.md").exists()
 
 
+def test_pseudo_labels_equal_clustering_every_embedding_in_one_process(scenario, tmp_path):
+    """The sharded cluster stage (all rows in the sample) gives today's pseudo labels."""
+    from slade_core.clustering import make_pseudo_labels
+    from slade_core.config import ClusterConfig
+
+    staged = pq.read_table(_stage_dir(scenario, "cluster") / "pseudo_labels.parquet")
+    cfg = ClusterConfig.model_validate_json(staged.schema.metadata[b"slade.config"])
+    embeddings = _stage_dir(scenario, "extract_embeddings") / "embeddings.parquet"
+    today = pq.read_table(make_pseudo_labels(embeddings, tmp_path / "one.parquet", cfg).path)
+    assert staged.column("image_id").to_pylist() == today.column("image_id").to_pylist()
+    assert staged.column("cluster").to_pylist() == today.column("cluster").to_pylist()
+
+
 def _mlflow():
     from mlflow.tracking import MlflowClient
 

@@ -1,0 +1,130 @@
+"""Clustering at scale: synthetic 512-d embeddings through the sharded unlabeled side.
+
+    .venv/bin/python benchmarks/scale.py                       # 250k, 1M, 4M rows
+    .venv/bin/python benchmarks/scale.py --rows 20000 80000 --rows-per-shard 10000  # smoke
+
+Per row count, in a fresh process (so its peak RSS is its own): synthetic unit embeddings
+around `--k` directions are generated shard by shard straight to a partitioned
+`embeddings.parquet/` dataset (no images), then `make_sharded_pseudo_labels` trains FAISS
+k-means on a seeded sample (`--sample` rows), assigns every part with the centroids and writes
+`pseudo_labels.parquet/`, which is read back with pyarrow. `seconds` times all of it;
+`peak_rss_mb` is the process's maximum resident set. Prints one JSON object:
+{"rows", "seconds", "peak_rss_mb", "seconds_per_row_ratio" (largest / smallest row count)}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from slade_core.clustering import make_sharded_pseudo_labels
+from slade_core.config import ClusterConfig
+from slade_core.embeddings import embeddings_schema
+from slade_core.io import atomic_path
+from slade_core.shards import part_name, read_dataset
+
+DIM = 512
+
+
+def write_synthetic(dataset: Path, rows: int, rows_per_shard: int, k: int, seed: int) -> None:
+    """Unit rows near k seeded directions, one part per shard, never all in memory."""
+    centres = np.random.default_rng(seed).standard_normal((k, DIM)).astype(np.float32)
+    schema = embeddings_schema(DIM, "synthetic")
+    for number, start in enumerate(range(0, rows, rows_per_shard)):
+        n = min(rows_per_shard, rows - start)
+        rng = np.random.default_rng([seed, number])
+        x = centres[rng.integers(0, k, n)] + rng.standard_normal((n, DIM), dtype=np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        table = pa.Table.from_arrays(
+            [
+                pa.array([f"u{i:09d}" for i in range(start, start + n)], pa.string()),
+                pa.array(["unlabeled"] * n, pa.string()),
+                pa.array(np.full(n, -1, np.int64), pa.int64()),
+                pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), DIM),
+            ],
+            schema=schema,
+        )
+        with atomic_path(dataset / part_name(number)) as tmp:
+            pq.write_table(table, tmp)
+        del x, table
+
+
+def measure(rows: int, args: argparse.Namespace) -> dict[str, float]:
+    """One row count end to end in this process."""
+    with tempfile.TemporaryDirectory(dir=args.work) as work:
+        root = Path(work)
+        started = time.perf_counter()
+        write_synthetic(root / "embeddings.parquet", rows, args.rows_per_shard, args.k, args.seed)
+        cfg = ClusterConfig(k=args.k, iterations=args.iterations, train_sample_size=args.sample)
+        result = make_sharded_pseudo_labels(
+            root / "embeddings.parquet", root / "pseudo_labels.parquet", cfg
+        )
+        labels = read_dataset(result.path, columns=["image_id", "cluster"])
+        assert labels.num_rows == rows, (labels.num_rows, rows)
+        seconds = time.perf_counter() - started
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return {"rows": rows, "seconds": round(seconds, 2), "peak_rss_mb": round(peak_mb, 1)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[250_000, 1_000_000, 4_000_000])
+    parser.add_argument("--rows-per-shard", type=int, default=50_000)
+    parser.add_argument("--k", type=int, default=100)
+    parser.add_argument("--sample", type=int, default=25_600, help="k-means training rows")
+    parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", type=Path, default=None, help="scratch directory (disk)")
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.one:  # a child: one row count
+        print(json.dumps(measure(args.rows[0], args)))
+        return {}
+    figures = []
+    for rows in args.rows:
+        child = [*_without_rows(sys.argv[1:] if argv is None else argv), "--rows", str(rows)]
+        out = subprocess.run(
+            [sys.executable, __file__, *child, "--one"], check=True, capture_output=True, text=True
+        )
+        figures.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(json.dumps(figures[-1]), file=sys.stderr)
+    per_row = [f["seconds"] / f["rows"] for f in figures]
+    report = {
+        "rows": [f["rows"] for f in figures],
+        "seconds": [f["seconds"] for f in figures],
+        "peak_rss_mb": [f["peak_rss_mb"] for f in figures],
+        "seconds_per_row_ratio": round(per_row[-1] / per_row[0], 3),
+        "rows_per_shard": args.rows_per_shard,
+        "k": args.k,
+        "sample": args.sample,
+    }
+    print(json.dumps(report))
+    return report
+
+
+def _without_rows(argv: list[str]) -> list[str]:
+    """argv minus its `--rows a b c` values (each child gets one row count)."""
+    out, skipping = [], False
+    for arg in argv:
+        if arg == "--rows":
+            skipping = True
+        elif skipping and not arg.startswith("--"):
+            continue
+        else:
+            skipping = False
+            out.append(arg)
+    return out
+
+
+if __name__ == "__main__":
+    main()
