@@ -155,12 +155,14 @@ def _stage_states(state) -> dict[str, str]:
     return {stage: runs[stage][-1].state.name for stage in ALL_STAGES}
 
 
+@pytest.mark.slow  # starts Prefect and runs the flow
 def test_untouched_folder_reuses_every_stage(folder_runs):
     states, *_ = folder_runs
     assert all(s.is_completed() for s in states), [s.message for s in states]
     assert _stage_states(states[1]) == dict.fromkeys(ALL_STAGES, "Cached")
 
 
+@pytest.mark.slow  # starts Prefect and runs the flow
 def test_an_added_image_reruns_prepare_data_and_changes_the_counts(folder_runs):
     states, _, runs, counts, *_ = folder_runs
     assert _stage_states(states[2])["prepare_data"] == "Completed"
@@ -170,6 +172,7 @@ def test_an_added_image_reruns_prepare_data_and_changes_the_counts(folder_runs):
     assert counts[2]["images_unlabeled"] == counts[0]["images_unlabeled"] + 1
 
 
+@pytest.mark.slow  # starts Prefect and runs the flow
 def test_a_champion_measured_on_other_images_is_rescored(folder_runs):
     _, versions, *_ = folder_runs
     assert sorted(versions) == [1, 2, 3]
@@ -180,6 +183,7 @@ def test_a_champion_measured_on_other_images_is_rescored(folder_runs):
     assert ("champion" in versions[3].aliases) == (new > old)
 
 
+@pytest.mark.slow  # starts Prefect and runs the flow
 def test_logged_models_live_in_the_pipeline_experiment(folder_runs):
     _, versions, runs, _, models, _ = folder_runs
     # two publish runs (the untouched run reused the first): teacher + student each
@@ -189,6 +193,7 @@ def test_logged_models_live_in_the_pipeline_experiment(folder_runs):
     }
 
 
+@pytest.mark.slow  # starts Prefect and runs the flow
 def test_a_folder_gallery_follows_its_images(folder_runs):
     *_, galleries = folder_runs
     sizes = [g["student/gallery_size"] for g in galleries]
