@@ -104,7 +104,7 @@ def test_crossed_thresholds_only_veto_pairs_beyond_the_other_sides_mean():
 
 def test_boundary_thresholds_split_every_pair_at_one_point():
     moments = {"mu_pos": 0.9, "sigma_pos": 0.1, "mu_neg": 0.2, "sigma_neg": 0.1}
-    miner = BasisPairMiner(MiningConfig(thresholds="boundary"))
+    miner = BasisPairMiner(MiningConfig(thresholds="boundary", require_label_agreement=False))
     assert miner.thresholds(moments) == pytest.approx((0.55, 0.55))
     a1, p, a2, n = miner.mine(SIM, LABELS, moments)
     pos, neg = pair_set(a1, p), pair_set(a2, n)
