@@ -131,8 +131,9 @@ def folder_runs(prefect_server, tmp_path_factory):
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient()
-        versions = {
-            int(v.version): v for v in client.search_model_versions("name = 'slade-embedder'")
+        versions = {  # get_model_version: search_model_versions omits the aliases
+            int(v.version): client.get_model_version(v.name, v.version)
+            for v in client.search_model_versions("name = 'slade-embedder'")
         }
         runs = [client.get_run(s.result()["mlflow_run_id"]) for s in states]
         counts = [_stage_metrics(client, r, "prepare_data") for r in runs]
