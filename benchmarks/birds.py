@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from slade_core.checkpoints import save_checkpoint
 from slade_core.clustering import label_agreement, make_pseudo_labels
 from slade_core.config import (
     ModelConfig,
@@ -50,13 +51,14 @@ from slade_core.data.filtering import FilterSettings
 from slade_core.data.manifest import SubsetRules
 from slade_core.data.names import NameMatcher
 from slade_core.data.prepare import prepare_data
+from slade_core.device import resolve_device
 from slade_core.embeddings import extract_embeddings, extract_trunk_features, read_embeddings
 from slade_core.experiment import load_experiment
 from slade_core.features import cached_prefix_features, prefix_feature_file
 from slade_core.images import IndexDataset, build_transform
 from slade_core.io import write_json
 from slade_core.metrics import retrieval_metrics
-from slade_core.models import create_model, resolve_device, save_checkpoint
+from slade_core.models import create_model
 from slade_core.training import train_student, train_teacher
 from slade_core.training.data import read_split
 from slade_core.training.loop import build_optimizer, build_scheduler, seed_everything

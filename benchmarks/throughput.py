@@ -22,8 +22,8 @@ Figures, in images per second (one JSON object on stdout, also written to --out)
 Each figure is the best of `--rounds` rounds, which go round-robin over the figures (other
 jobs on a shared machine only ever slow a round down); `img_s_per_round` has them all.
 `ratios` divides each step figure by `bare`. Steps run under the stage's precision
-(`training.loop.Precision`: bf16 autocast and channels_last on CUDA, fp32 on CPU); the first
-`--warmup` steps of each figure are not timed. Images: `--images` of
+(`slade_core.device.Precision`: bf16 autocast and channels_last on CUDA, fp32 on CPU); the
+first `--warmup` steps of each figure are not timed. Images: `--images` of
 ../shared/data/cub100 (the first images of as many classes as needed, 8 per class), or
 generated 500 x 375 JPEGs when it is absent.
 """
@@ -53,12 +53,13 @@ from slade_core.config import (
     TeacherConfig,
 )
 from slade_core.decoded import decoded_file
+from slade_core.device import Precision, resolve_device
 from slade_core.io import write_json
 from slade_core.losses import SladeLoss, build_ranking_loss
-from slade_core.models import create_model, resolve_device
+from slade_core.models import create_model
 from slade_core.samplers import JointBatchSampler, MPerClassBatchSampler
 from slade_core.training.data import make_source
-from slade_core.training.loop import Precision, build_optimizer, seed_everything
+from slade_core.training.loop import build_optimizer, seed_everything
 from slade_core.workers import loader_workers, usable_cpus
 
 REPO = Path(__file__).resolve().parents[1]

@@ -27,10 +27,11 @@ from torch.utils.data import DataLoader
 from slade_core.augment import DeviceAugment
 from slade_core.config import ModelConfig, RuntimeConfig
 from slade_core.decoded import decoded_images
+from slade_core.device import resolve_device
 from slade_core.features import prefix_feature_file
 from slade_core.images import IndexDataset, build_transform
 from slade_core.io import atomic_path, file_digest, stable_hash
-from slade_core.models import EmbeddingNet, create_model, load_model, resolve_device
+from slade_core.models import EmbeddingNet, create_model, load_model
 from slade_core.shards import Shard, read_dataset, select_rows, shard_rows
 from slade_core.workers import loader_workers
 

@@ -34,9 +34,10 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from slade_core.config import RuntimeConfig
+from slade_core.device import resolve_device
 from slade_core.images import IndexDataset, build_transform
 from slade_core.io import atomic_path, file_stats_digest, stable_hash
-from slade_core.models import EmbeddingNet, resolve_device
+from slade_core.models import EmbeddingNet
 from slade_core.workers import loader_workers
 
 # Bump when build_transform or the view seeding changes, so old cache files are not reused.

@@ -19,11 +19,11 @@ from slade_core import decoded, workers
 from slade_core.augment import DeviceAugment
 from slade_core.config import ModelConfig, OptimConfig, RuntimeConfig, TeacherConfig
 from slade_core.decoded import DecodedImages, decoded_file, stored_size
+from slade_core.device import Precision
 from slade_core.images import UnreadableImageError, build_transform, load_rgb
 from slade_core.models import create_model, load_model
 from slade_core.training import train_teacher
 from slade_core.training.data import DecodedImageSource, ImageSource, make_source
-from slade_core.training.loop import Precision
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 

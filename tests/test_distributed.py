@@ -15,8 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
+from slade_core.checkpoints import save_checkpoint
 from slade_core.config import ModelConfig, OptimConfig, RuntimeConfig, TeacherConfig
-from slade_core.models import create_model, load_model, save_checkpoint
+from slade_core.models import create_model, load_model
 from slade_core.samplers import MPerClassBatchSampler
 from slade_core.training import launch_teacher, train_teacher
 from slade_core.training.__main__ import main

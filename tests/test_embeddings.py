@@ -9,11 +9,11 @@ import pytest
 import torch
 from test_features import make_index, tiny_model
 
+from slade_core.checkpoints import save_checkpoint
 from slade_core.config import RuntimeConfig
 from slade_core.embeddings import extract_embeddings, read_embeddings
 from slade_core.images import IndexDataset, build_transform
 from slade_core.io import file_digest
-from slade_core.models import save_checkpoint
 
 
 def _setup(tmp_path, trainable_blocks=0):

@@ -10,11 +10,13 @@ import timm
 import torch
 from PIL import Image
 
-from slade_core import models
+from slade_core import weights
+from slade_core.checkpoints import save_checkpoint
 from slade_core.config import ModelConfig
+from slade_core.device import resolve_device
 from slade_core.images import build_transform, load_rgb
-from slade_core.models import create_model, load_model, resolve_device, save_checkpoint
-from slade_core.pretrained import lite0_package_file, load_lite0_package_weights
+from slade_core.models import create_model, load_model
+from slade_core.weights import lite0_package_file, load_lite0_package_weights
 
 CUB = Path(__file__).resolve().parents[2] / "shared" / "data" / "cub100"
 
@@ -119,7 +121,7 @@ def test_unknown_backbone_and_offline_timm(monkeypatch):
     def offline(*args, **kwargs):
         raise OSError("network unreachable")
 
-    monkeypatch.setattr(models.timm, "create_model", offline)
+    monkeypatch.setattr(weights.timm, "create_model", offline)
     with pytest.raises(RuntimeError, match="lite0-package"):
         create_model(_spec(weights="timm"))
 

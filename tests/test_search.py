@@ -9,11 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
+from slade_core.checkpoints import save_checkpoint
 from slade_core.config import ModelConfig, RuntimeConfig
 from slade_core.data.prepare import index_dataset
 from slade_core.data.preset import DatasetRef
 from slade_core.images import build_transform, load_rgb
-from slade_core.models import create_model, save_checkpoint
+from slade_core.models import create_model
 from slade_core.search import (
     GalleryIndex,
     ImageEmbedder,

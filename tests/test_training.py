@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from slade_core.checkpoints import save_checkpoint
 from slade_core.config import (
     BasisConfig,
     ModelConfig,
@@ -16,7 +17,7 @@ from slade_core.config import (
     StudentConfig,
     TeacherConfig,
 )
-from slade_core.models import create_model, load_model, save_checkpoint
+from slade_core.models import create_model, load_model
 from slade_core.training import TrainResult, train_student, train_teacher
 from slade_core.training.loop import RESUME_FILE
 

@@ -27,11 +27,11 @@ from torch.utils.data import DataLoader
 from slade_core.augment import DeviceAugment
 from slade_core.config import RuntimeConfig
 from slade_core.decoded import DecodedImages, decoded_file
+from slade_core.device import Precision
 from slade_core.features import cached_prefix_features
 from slade_core.images import IndexDataset, build_transform
 from slade_core.models import EmbeddingNet
 from slade_core.training import distributed
-from slade_core.training.loop import Precision
 from slade_core.workers import loader_workers
 
 

@@ -33,7 +33,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Sampler
 
-from slade_core.models import EmbeddingNet, resolve_device
+from slade_core.device import resolve_device
+from slade_core.models import EmbeddingNet
 
 # Ranks 1.. wait in a barrier while rank 0 computes the trunk feature cache, which can take
 # far longer than torch's default 10 minute collective timeout on a large index.

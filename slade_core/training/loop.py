@@ -1,4 +1,4 @@
-"""The epoch loop teacher and student share: seeding, precision, optimiser, resume.
+"""The epoch loop teacher and student share: seeding, optimiser, schedule, resume.
 
 After every epoch the whole training state (modules, optimiser, grad scaler, RNG states,
 history) is written atomically to `out_dir/resume.pt`. Batches are a pure function of
@@ -12,7 +12,6 @@ rank's RNG state, so a resumed multi-process run also repeats its augmentations.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import random
@@ -26,9 +25,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from slade_core.config import OptimConfig, RuntimeConfig
+from slade_core.checkpoints import save_checkpoint
+from slade_core.config import OptimConfig
+from slade_core.device import Precision
 from slade_core.io import atomic_path, write_json
-from slade_core.models import EmbeddingNet, save_checkpoint
+from slade_core.models import EmbeddingNet
 from slade_core.training import distributed
 
 log = logging.getLogger(__name__)
@@ -64,38 +65,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
-
-
-@dataclass(frozen=True)
-class Precision:
-    """AMP and memory-format choices; both only ever apply on CUDA (CPU runs stay fp32)."""
-
-    device: torch.device
-    dtype: torch.dtype | None = None
-    channels_last: bool = False
-
-    @classmethod
-    def for_runtime(cls, runtime: RuntimeConfig, device: torch.device) -> Precision:
-        if device.type != "cuda":
-            return cls(device)
-        dtype = None
-        if runtime.amp:
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return cls(device, dtype, runtime.channels_last)
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
-
-    def place(self, net: nn.Module, images: bool) -> nn.Module:
-        """Move `net` to the device (channels_last when it will see images on CUDA)."""
-        net = net.to(self.device)
-        return net.to(memory_format=torch.channels_last) if images and self.channels_last else net
-
-    def grad_scaler(self) -> torch.amp.GradScaler:
-        """Loss scaling is needed for fp16 only (bf16 has fp32's exponent range)."""
-        return torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
 
 
 def build_optimizer(

@@ -30,15 +30,15 @@ import pandas as pd
 import torch
 
 from slade_core.config import ModelConfig, RuntimeConfig, StudentConfig
+from slade_core.device import Precision, resolve_device
 from slade_core.io import atomic_path, file_digest, stable_hash
 from slade_core.losses import SladeLoss
-from slade_core.models import create_model, resolve_device
+from slade_core.models import create_model
 from slade_core.samplers import JointBatchSampler, MPerClassBatchSampler, first_occurrences
 from slade_core.training import distributed
 from slade_core.training.data import make_source, read_split
 from slade_core.training.loop import (
     EpochCallback,
-    Precision,
     TrainResult,
     build_optimizer,
     finish,

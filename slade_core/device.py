@@ -1,0 +1,60 @@
+"""Where and in what precision a stage computes: the torch device and the AMP choice.
+
+Both come from RuntimeConfig and only ever differ from plain fp32 on CUDA, so they live
+together: `resolve_device` picks the device, `Precision` the autocast dtype, the memory
+format and the loss scaling that go with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from slade_core.config import RuntimeConfig
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """Map a runtime device name to a torch device ("auto": CUDA when present, else CPU)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"runtime.device={name!r} but no CUDA device is visible; use 'auto' or 'cpu'"
+        )
+    return device
+
+
+@dataclass(frozen=True)
+class Precision:
+    """AMP and memory-format choices; both only ever apply on CUDA (CPU runs stay fp32)."""
+
+    device: torch.device
+    dtype: torch.dtype | None = None
+    channels_last: bool = False
+
+    @classmethod
+    def for_runtime(cls, runtime: RuntimeConfig, device: torch.device) -> Precision:
+        if device.type != "cuda":
+            return cls(device)
+        dtype = None
+        if runtime.amp:
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return cls(device, dtype, runtime.channels_last)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def place(self, net: nn.Module, images: bool) -> nn.Module:
+        """Move `net` to the device (channels_last when it will see images on CUDA)."""
+        net = net.to(self.device)
+        return net.to(memory_format=torch.channels_last) if images and self.channels_last else net
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """Loss scaling is needed for fp16 only (bf16 has fp32's exponent range)."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
