@@ -40,8 +40,7 @@ from slade_core.models import load_model
 from slade_core.search import GALLERY_FILES, ImageEmbedder, build_gallery, score_embedder
 from tasks.inputs import stage_input
 from tasks.lineage import LINEAGE_FILE, log_index_input
-from tasks.locations import REPO_ROOT, tracking_uri
-from tasks.prepare_data import downloads_dir
+from tasks.locations import REPO_ROOT, downloads_dir, tracking_uri
 from tasks.provenance import code_version
 from tasks.stage import StageContext, StageResult, stage_task
 from tasks.tracking import mlflow_client
