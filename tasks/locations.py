@@ -1,4 +1,4 @@
-"""Where results and tracking data live: the runs root and the MLflow tracking URI."""
+"""Where data, results and tracking live: downloads, the runs root, the MLflow tracking URI."""
 
 from __future__ import annotations
 
@@ -11,6 +11,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def runs_root() -> Path:
     """Root of all stage directories: $SLADE_RUNS_DIR or ./.slade/runs."""
     return Path(os.environ.get("SLADE_RUNS_DIR", ".slade/runs")).resolve()
+
+
+def downloads_dir() -> Path:
+    """Where archives are found or downloaded: $SLADE_DOWNLOADS_DIR or ./.slade/downloads."""
+    return Path(os.environ.get("SLADE_DOWNLOADS_DIR", ".slade/downloads")).resolve()
 
 
 def tracking_uri() -> str:

@@ -7,18 +7,11 @@ holds its name and digest).
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from slade_core.data.lineage import source_digest
 from slade_core.data.prepare import prepare_data
 from tasks.lineage import LINEAGE_FILE, log_index_input, write_lineage
+from tasks.locations import downloads_dir
 from tasks.stage import StageContext, stage_task
-
-
-def downloads_dir() -> Path:
-    """Where archives are found or downloaded: $SLADE_DOWNLOADS_DIR or ./.slade/downloads."""
-    return Path(os.environ.get("SLADE_DOWNLOADS_DIR", ".slade/downloads")).resolve()
 
 
 def local_images(config) -> str:

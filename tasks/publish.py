@@ -9,8 +9,9 @@ requirements, the slade_core code and the gallery index under `extra_files/`.
 register_model (every pipeline run, not cached): a new version of the student under
 `publish.registered_model`, tagged with its pipeline run, preset, code version and test
 MAP@R. The alias `champion` moves to it only when it beats the current champion on this
-preset's test protocol; otherwise it becomes `challenger`. The pipeline run gets the index
-as its dataset input and both models as outputs, so its page shows the lineage.
+preset's test protocol (the policy is slade_core.champion); otherwise it becomes
+`challenger`. The pipeline run gets the index as its dataset input and both models as
+outputs, so its page shows the lineage.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from mlflow.types import Schema, TensorSpec
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from slade_core.champion import RecordedScore, judge
 from slade_core.data.lineage import source_digest
 from slade_core.data.prepare import index_dataset
 from slade_core.evaluate import evaluation_protocol
@@ -40,8 +42,7 @@ from slade_core.models import load_model
 from slade_core.search import GALLERY_FILES, ImageEmbedder, build_gallery, score_embedder
 from tasks.inputs import stage_input
 from tasks.lineage import LINEAGE_FILE, log_index_input
-from tasks.locations import REPO_ROOT, tracking_uri
-from tasks.prepare_data import downloads_dir
+from tasks.locations import REPO_ROOT, downloads_dir, tracking_uri
 from tasks.provenance import code_version
 from tasks.stage import StageContext, StageResult, stage_task
 from tasks.tracking import mlflow_client
@@ -137,22 +138,43 @@ def publish_task(ctx: StageContext, config, upstream) -> dict[str, float]:
     return sizes
 
 
-def _version_tags(config, upstream: dict[str, StageResult], parent_run_id: str) -> dict[str, str]:
+def _test_score(config, upstream: dict[str, StageResult]) -> RecordedScore:
+    """The student's test MAP@R in this run and what it was measured on."""
     metrics = json.loads(stage_input(upstream["evaluate"], "metrics.json").read_text())
     lineage = json.loads(stage_input(upstream["data"], LINEAGE_FILE).read_text())
-    return {
-        "slade.pipeline_run": parent_run_id,
-        "slade.preset": config.preset,
-        "slade.code_version": code_version(),
-        "slade.protocol": metrics["protocol"],
-        "slade.data_digest": lineage["digest"],
-        "slade.test_map_at_r": repr(_number(metrics["models"][REGISTERED]["map_at_r"])),
-    }
+    return RecordedScore(
+        map_at_r=_number(metrics["models"][REGISTERED]["map_at_r"]),
+        preset=config.preset,
+        protocol=metrics["protocol"],
+        data_digest=lineage["digest"],
+    )
 
 
 def _number(value: float | None) -> float:
     """metrics.json writes NaN (every query lone) as null; NaN never beats a champion."""
     return math.nan if value is None else float(value)
+
+
+def _score_tags(score: RecordedScore) -> dict[str, str]:
+    return {
+        "slade.preset": score.preset,
+        "slade.protocol": score.protocol,
+        "slade.data_digest": score.data_digest,
+        "slade.test_map_at_r": repr(score.map_at_r),
+    }
+
+
+def _recorded(tags: dict[str, str]) -> RecordedScore | None:
+    """A version's score as `_score_tags` recorded it; None when a tag is missing."""
+    try:
+        return RecordedScore(
+            map_at_r=float(tags["slade.test_map_at_r"]),
+            preset=tags["slade.preset"],
+            protocol=tags["slade.protocol"],
+            data_digest=tags["slade.data_digest"],
+        )
+    except KeyError:
+        return None
 
 
 def _champion(client, name: str):
@@ -162,17 +184,9 @@ def _champion(client, name: str):
         return None
 
 
-def _scores(new_tags: dict[str, str], new_uri: str, champion, index_path: Path) -> tuple:
-    """(new, champion) MAP@R on this preset's test protocol.
-
-    A champion measured on the same images and protocol is compared by its recorded score;
-    any other champion is re-scored here, and so is the new model, from the image files.
-    """
-    same = ("slade.preset", "slade.protocol", "slade.data_digest")
-    if all(champion.tags.get(k) == new_tags[k] for k in same):
-        return float(new_tags["slade.test_map_at_r"]), float(champion.tags["slade.test_map_at_r"])
-    uris = (new_uri, f"models:/{champion.name}/{champion.version}")
-    return tuple(score_embedder(_load_embedder(u), index_path)["map_at_r"] for u in uris)
+def _map_at_r(uri: str, index_path: Path) -> float:
+    """A registered model's MAP@R on this run's test protocol, from the image files."""
+    return score_embedder(_load_embedder(uri), index_path)["map_at_r"]
 
 
 def _load_embedder(uri: str):
@@ -212,17 +226,27 @@ def register_task(config, upstream: dict[str, StageResult], parent_run_id: str) 
             "version": str(version.version),
             "alias": aliases[0] if aliases else "",
         }
-    tags = _version_tags(config, upstream, parent_run_id)
+    score = _test_score(config, upstream)
+    tags = {
+        "slade.pipeline_run": parent_run_id,
+        "slade.code_version": code_version(),
+        **_score_tags(score),
+    }
     uri = published[f"{REGISTERED}_model"]
     champion = _champion(client, name)
     version = mlflow.register_model(uri, name, tags=tags)
     alias = CHAMPION
     if champion is not None:
-        new, old = _scores(tags, uri, champion, index_path)
-        for key, value in (("compared", new), ("champion", old)):
+        champion_uri = f"models:/{champion.name}/{champion.version}"
+        verdict = judge(
+            score,
+            _recorded(champion.tags),
+            lambda: (_map_at_r(uri, index_path), _map_at_r(champion_uri, index_path)),
+        )
+        for key, value in (("compared", verdict.new), ("champion", verdict.champion)):
             client.set_model_version_tag(
                 name, version.version, f"slade.{key}_map_at_r", repr(value)
             )
-        alias = CHAMPION if new > old else CHALLENGER
+        alias = CHAMPION if verdict.new_wins else CHALLENGER
     client.set_registered_model_alias(name, alias, version.version)
     return {"name": name, "version": str(version.version), "alias": alias}

@@ -18,6 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from slade_core.data.synthetic import generate_synthetic_birds
+
 pytestmark = pytest.mark.slow  # a Prefect test server and real flow runs
 
 
@@ -496,16 +498,30 @@ def test_pipeline_run_shows_its_dataset_and_models(scenario):
     assert {m.model_id for m in parent.outputs.model_outputs} >= {result["model"].split("/")[-1]}
 
 
+def _new_image_of(row: pd.Series, out_dir: Path) -> Path:
+    """A newly generated image of `row`'s class: its synthetic set rendered again with one
+    more image per class. Species depend only on the seed and the class counts, and each
+    image on (seed, class, image number), so images 0..n-1 come out as before and image n
+    is one the pipeline never saw (test classes get no unlabeled images)."""
+    root = Path(row["path"]).parents[2]  # <set>/images/<class name>/<n>.jpg
+    params = json.loads((root / "generator.json").read_text())["params"]
+    kwargs = {k: v for k, v in params.items() if k not in ("generator", "version")}
+    n = kwargs["images_per_class"]
+    generate_synthetic_birds(out_dir, **{**kwargs, "images_per_class": n + 1})
+    rel = Path(row["path"]).relative_to(root)
+    assert (out_dir / rel).read_bytes() == (root / rel).read_bytes()  # the same species
+    return out_dir / "images" / row["class_name"] / f"{n}.jpg"
+
+
 def test_slade_search_finds_the_class_of_a_held_out_image(scenario, tmp_path, capsys):
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     from tasks.cli import main
 
     index = pd.read_parquet(_stage_dir(scenario, "prepare_data") / "index.parquet")
-    query = index[index["split"] == "test"].iloc[0]
-    # a new file (mirrored) of a test image: never seen in training, not itself in the gallery
-    path = tmp_path / "query.png"
-    ImageOps.mirror(Image.open(query["path"]).convert("RGB")).save(path)
+    query = index[index["split"] == "test"].iloc[0]  # the gallery is the test split
+    path = _new_image_of(query, tmp_path / "regenerated")
+    assert path.read_bytes() not in {Path(p).read_bytes() for p in index["path"]}
     grid = tmp_path / "grid.png"
     assert main(["search", str(path), "--k", "3", "--grid", str(grid)]) == 0
     out = capsys.readouterr().out
