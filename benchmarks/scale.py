@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/scale.py                       # 250k, 1M, 4M rows
     .venv/bin/python benchmarks/scale.py --rows 20000 80000 --rows-per-shard 10000  # smoke
+    .venv/bin/python benchmarks/scale.py --images          # + extraction on 1 and 2 Dask workers
 
 Per row count, in a fresh process (so its peak RSS is its own): synthetic unit embeddings
 around `--k` directions are generated shard by shard straight to a partitioned
@@ -10,12 +11,22 @@ k-means on a seeded sample (`--sample` rows), assigns every part with the centro
 `pseudo_labels.parquet/`, which is read back with pyarrow. `seconds` times all of it;
 `peak_rss_mb` is the process's maximum resident set. Prints one JSON object:
 {"rows", "seconds", "peak_rss_mb", "seconds_per_row_ratio" (largest / smallest row count)}.
+
+`--images` adds the extraction side on real images: the shared birds' unlabeled rows
+(`../shared/data`, the birds_offline preset's index) are embedded through the product path,
+`tasks.shards.extract_sharded` with `shards.dask_address` set, so every shard is a Prefect
+task run on prefect-dask's DaskTaskRunner (a temporary Prefect API), once on a
+`distributed.LocalCluster` of 1 worker process and once of 2, with the machine's cores split
+between the workers' torch threads. The model is the preset's network with the whole trunk
+run from decoded images (trainable_blocks = -1, as a GPU extraction would). It adds
+{"images": {"rows", "img_per_s": {"1": .., "2": ..}, "ratio": 2 workers / 1}}.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -34,6 +45,7 @@ from slade_core.io import atomic_path
 from slade_core.shards import part_name, read_dataset
 
 DIM = 512
+REPO = Path(__file__).resolve().parents[1]
 
 
 def write_synthetic(dataset: Path, rows: int, rows_per_shard: int, k: int, seed: int) -> None:
@@ -85,11 +97,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=None, help="scratch directory (disk)")
+    parser.add_argument("--images", action="store_true", help="+ extraction, 1 vs 2 workers")
+    parser.add_argument("--image-rows-per-shard", type=int, default=256)
+    parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:  # a child: one row count
         print(json.dumps(measure(args.rows[0], args)))
         return {}
+    images = measure_extraction(args) if args.images else None
     figures = []
     for rows in args.rows:
         child = [*_without_rows(sys.argv[1:] if argv is None else argv), "--rows", str(rows)]
@@ -108,8 +124,77 @@ def main(argv: list[str] | None = None) -> dict:
         "k": args.k,
         "sample": args.sample,
     }
+    if images is not None:
+        report["images"] = images
     print(json.dumps(report))
     return report
+
+
+def measure_extraction(args: argparse.Namespace) -> dict:
+    """Unlabeled bird images per second through the Dask shard path, 1 and 2 workers."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    from slade_core.data.prepare import prepare_data
+    from slade_core.data.preset import load_data_preset
+    from slade_core.experiment import load_experiment
+    from slade_core.models import create_model, save_checkpoint
+
+    os.environ["SLADE_DATA_ROOT"] = str(args.data_root)  # read by the cub100/birds525 manifests
+    with tempfile.TemporaryDirectory(dir=args.work) as work:
+        root = Path(work)
+        prepared = prepare_data(load_data_preset("birds_offline"), root / "data", root / "dl")
+        spec = load_experiment("birds_offline").model.model_copy(update={"trainable_blocks": -1})
+        checkpoint = save_checkpoint(create_model(spec), root / "model.pt", {})
+        figures = {}
+        with prefect_test_harness(server_startup_timeout=120):
+            os.environ["PREFECT_API_URL"] = PREFECT_API_URL.value()  # for the worker processes
+            for workers in (1, 2):
+                rows, seconds = _extract_on_dask(
+                    workers, checkpoint, prepared.index_path, root, args
+                )
+                figures[str(workers)] = round(rows / seconds, 1)
+                line = {"workers": workers, "img_per_s": figures[str(workers)], "seconds": seconds}
+                print(json.dumps(line), file=sys.stderr)
+    return {"rows": rows, "img_per_s": figures, "ratio": round(figures["2"] / figures["1"], 3)}
+
+
+def _extract_on_dask(
+    workers: int, checkpoint: Path, index: Path, root: Path, args: argparse.Namespace
+) -> tuple[int, float]:
+    """(rows, seconds) of `extract_sharded` on a fresh LocalCluster of `workers` processes,
+    into a cold shard store, the cores split between the workers' torch threads."""
+    import dask
+    import distributed
+
+    from slade_core.config import RuntimeConfig, ShardConfig
+    from tasks.shards import extract_sharded
+
+    os.environ["SLADE_RUNS_DIR"] = str(root / f"runs-{workers}")  # before the workers start
+    threads = max(1, len(os.sched_getaffinity(0)) // workers)
+    runtime = RuntimeConfig(device="cpu", num_workers=0, batch_size=64)
+    with (
+        dask.config.set({"distributed.worker.daemon": False}),
+        distributed.LocalCluster(
+            n_workers=workers, threads_per_worker=1, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        client.run(_set_torch_threads, threads)
+        cfg = ShardConfig(
+            rows_per_shard=args.image_rows_per_shard, dask_address=cluster.scheduler_address
+        )
+        started = time.perf_counter()
+        done = extract_sharded(
+            checkpoint, index, ["unlabeled"], root / f"emb-{workers}", cfg, runtime
+        )
+        return done["count"], round(time.perf_counter() - started, 1)
+
+
+def _set_torch_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
 
 
 def _without_rows(argv: list[str]) -> list[str]:

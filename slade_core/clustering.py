@@ -10,6 +10,7 @@ assigned one part at a time, so memory is bounded by the sample and one shard.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from slade_core.config import ClusterConfig
 from slade_core.embeddings import read_embeddings
 from slade_core.io import atomic_dir, atomic_path
 from slade_core.shards import dataset_parts, part_name
+
+CENTROIDS = "_centroids.npy"  # beside the parts (a "_" file: Parquet readers skip it)
 
 
 @dataclass(frozen=True)
@@ -183,21 +186,66 @@ def make_sharded_pseudo_labels(
     out_dir: str | Path,
     cfg: ClusterConfig,
     split: str = "unlabeled",
+    map_parts: PartMapper | None = None,
 ) -> ClusterResult:
     """Pseudo labels of an embeddings dataset as a dataset: part i labels embeddings part i.
 
     k-means trains on the seeded sample of `make_pseudo_labels` (the same rows, gathered part
-    by part; every row when cluster.train_sample_size is unset), then each part is assigned
-    with the centroids. So the labels equal `make_pseudo_labels`' on the same rows, and peak
-    memory is the sample plus one part. Parts carry the columns and metadata of
-    pseudo_labels.parquet; `_common_metadata` adds the stats (known only at the end).
+    by part; every row when cluster.train_sample_size is unset), then every part is assigned
+    with the centroids by `assign_part`. So the labels equal `make_pseudo_labels`' on the same
+    rows, and peak memory is the sample plus one part. `map_parts` runs the assignment calls
+    (keyword arguments of `assign_part`, one per part) and returns their results in order:
+    one after another here by default, or on a cluster (the caller's engine). The centroids
+    reach the calls as a file (`_centroids.npy` beside the parts), read once per part. Parts
+    carry the columns and metadata of pseudo_labels.parquet; `_common_metadata` adds the stats
+    (known only at the end).
     """
     parts = dataset_parts(embeddings_path)
+    centroids = sampled_centroids(parts, cfg, split)
+    with atomic_dir(out_dir) as tmp:
+        np.save(tmp / CENTROIDS, centroids)
+        calls = [
+            {
+                "part": str(part),
+                "centroids": str(tmp / CENTROIDS),
+                "out_file": str(tmp / part_name(number)),
+                "cfg": cfg,
+                "split": split,
+            }
+            for number, part in enumerate(parts)
+        ]
+        results = (map_parts or _map_in_process)(calls)
+        stats = _size_stats(np.sum([r.sizes for r in results], axis=0))
+        clusters = np.concatenate([r.labeled_clusters for r in results])
+        if clusters.size:
+            stats.update(
+                label_agreement(clusters, np.concatenate([r.labeled_labels for r in results]))
+            )
+        schema = pq.read_schema(tmp / part_name(0))
+        stats_meta = {**schema.metadata, b"slade.stats": json.dumps(stats, sort_keys=True).encode()}
+        pq.write_metadata(schema.with_metadata(stats_meta), tmp / "_common_metadata")
+    return ClusterResult(path=Path(out_dir), stats=stats)
+
+
+@dataclass(frozen=True)
+class PartLabels:
+    """What one assigned part adds to the dataset's stats (sizes, and labels when known)."""
+
+    sizes: np.ndarray  # int64 [k] points per cluster in this part
+    labeled_clusters: np.ndarray  # int64 cluster ids of the part's rows with a real label
+    labeled_labels: np.ndarray  # int64 those rows' labels
+
+
+PartMapper = Callable[[list[dict[str, Any]]], list[PartLabels]]
+
+
+def sampled_centroids(parts: Sequence[Path], cfg: ClusterConfig, split: str) -> np.ndarray:
+    """k-means centroids trained on the seeded sample of the `split` rows, read part by part."""
     counts = [_split_rows(p, split) for p in parts]
     n = sum(counts)
     if n == 0:
         raise ValueError(
-            f"no rows with split={split!r} in {embeddings_path}; extract embeddings for that split"
+            f"no rows with split={split!r} in {parts[0].parent}; extract embeddings for that split"
         )
     rows = sample_rows(n, cfg.k, cfg.seed, cfg.train_sample_size)
     train, offset = [], 0
@@ -207,34 +255,41 @@ def make_sharded_pseudo_labels(
         if count and (local is None or local.size):
             x = _unit_rows(read_embeddings(part, splits=[split]).embeddings)
             train.append(x if local is None else x[local])
-    centroids = train_centroids(
+    return train_centroids(
         np.concatenate(train), cfg.k, cfg.iterations, cfg.seed, cfg.n_init,
         cfg.max_points_per_centroid,
     )  # fmt: skip
 
-    sizes = np.zeros(cfg.k, dtype=np.int64)
-    labeled_clusters, labeled_labels, metadata = [], [], {}
-    with atomic_dir(out_dir) as tmp:
-        for number, part in enumerate(parts):
-            table = read_embeddings(part, splits=[split])
-            if len(table):
-                assignments, distances = assign(_unit_rows(table.embeddings), centroids)
-            else:
-                assignments, distances = np.zeros(0, np.int64), np.zeros(0, np.float32)
-            sizes += np.bincount(assignments, minlength=cfg.k)
-            labeled = table.labels >= 0
-            labeled_clusters.append(assignments[labeled])
-            labeled_labels.append(table.labels[labeled])
-            metadata = metadata or _pseudo_label_metadata(cfg, split, table.metadata)
-            out = _pseudo_label_table(table.image_ids, assignments, distances, metadata)
-            pq.write_table(out, tmp / part_name(number))
-        stats = _size_stats(sizes)
-        clusters, labels = np.concatenate(labeled_clusters), np.concatenate(labeled_labels)
-        if clusters.size:
-            stats.update(label_agreement(clusters, labels))
-        stats_meta = {**metadata, b"slade.stats": json.dumps(stats, sort_keys=True).encode()}
-        pq.write_metadata(out.schema.with_metadata(stats_meta), tmp / "_common_metadata")
-    return ClusterResult(path=Path(out_dir), stats=stats)
+
+def assign_part(
+    part: str | Path,
+    centroids: str | Path,
+    out_file: str | Path,
+    cfg: ClusterConfig,
+    split: str = "unlabeled",
+) -> PartLabels:
+    """Label one embeddings part with the nearest of the saved centroids; write it atomically.
+
+    A plain function of files, so any engine can run it where the files are reachable.
+    """
+    table = read_embeddings(part, splits=[split])
+    if len(table):
+        assignments, distances = assign(_unit_rows(table.embeddings), np.load(centroids))
+    else:
+        assignments, distances = np.zeros(0, np.int64), np.zeros(0, np.float32)
+    metadata = _pseudo_label_metadata(cfg, split, table.metadata)
+    with atomic_path(out_file) as tmp:
+        pq.write_table(_pseudo_label_table(table.image_ids, assignments, distances, metadata), tmp)
+    labeled = table.labels >= 0
+    return PartLabels(
+        sizes=np.bincount(assignments, minlength=cfg.k),
+        labeled_clusters=assignments[labeled],
+        labeled_labels=np.asarray(table.labels)[labeled],
+    )
+
+
+def _map_in_process(calls: list[dict[str, Any]]) -> list[PartLabels]:
+    return [assign_part(**call) for call in calls]
 
 
 def _split_rows(part: Path, split: str) -> int:

@@ -1,4 +1,4 @@
-"""Embedding shards: one after another in the stage's process, or as task runs on Dask.
+"""Shard work (embedding, pseudo-label assignment): in the stage's process, or on Dask.
 
 Every shard is written once into a content-addressed shard store `${SLADE_RUNS_DIR}/_shards/`
 named by what its embeddings depend on (model digest, the shard's rows, its image files), and
@@ -8,9 +8,10 @@ redoes none.
 
 By default (shards.dask_address unset) the shards run in the stage's own task run, so a
 local run records the same task runs as before sharding. With a Dask scheduler address each
-shard is its own task run of the `slade-shards` flow on prefect-dask's DaskTaskRunner,
-cached by the same digests and retried on its own (a lost worker's shard runs again
-elsewhere).
+shard is its own task run of a `slade-shards` flow run on prefect-dask's DaskTaskRunner,
+retried on its own (a lost worker's shard runs again elsewhere); embedding shards are
+cached by the same digests and claim `shards.worker_resources`, assignment shards (the
+centroids broadcast as a file) claim none.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ from typing import Any
 
 import pyarrow.parquet as pq
 from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from prefect.runtime import task_run
 
-from slade_core.config import RuntimeConfig, ShardConfig
+from slade_core.clustering import PartLabels, PartMapper, assign_part
+from slade_core.config import ClusterConfig, RuntimeConfig, ShardConfig
 from slade_core.embeddings import extract_embedding_shard, model_digest
 from slade_core.io import stable_hash, write_json
 from slade_core.shards import Shard, plan_shards, select_rows
@@ -76,26 +79,53 @@ def embed_shard(
     }
 
 
-@flow(name="slade-shards")
-def embed_shards(
-    checkpoint: str,
-    index: str,
-    splits: Sequence[str],
-    shards: list[Shard],
-    runtime: RuntimeConfig,
-    digest: str,
-    store: str,
+@task(name="assign_shard", task_run_name="assign-{number}", cache_policy=NO_CACHE)
+def assign_shard(
+    number: int, part: str, centroids: str, out_file: str, cfg: ClusterConfig, split: str
+) -> PartLabels:
+    """Pseudo labels of embeddings part `number` (`slade_core.clustering.assign_part`)."""
+    return assign_part(part, centroids, out_file, cfg, split)
+
+
+SHARD_TASKS = {shard_task.name: shard_task for shard_task in (embed_shard, assign_shard)}
+
+
+@flow(name="slade-shards", flow_run_name="{task_name}")
+def run_shards(
+    task_name: str,
+    calls: list[dict[str, Any]],
     retries: int,
     resources: dict[str, float],
-) -> list[dict[str, Any]]:
-    """Submit every shard to the flow's task runner and wait for all of them."""
-    embed = embed_shard.with_options(retries=retries)
+) -> list[Any]:
+    """Submit one run of the shard task per call to the flow's task runner; wait for all."""
+    shard_task = SHARD_TASKS[task_name].with_options(retries=retries)
     with _annotated(resources):
-        futures = [
-            embed.submit(checkpoint, index, splits, shard, runtime, digest, store)
-            for shard in shards
-        ]
+        futures = [shard_task.submit(**call) for call in calls]
     return [future.result() for future in futures]
+
+
+def map_shards(
+    shard_task, calls: list[dict[str, Any]], cfg: ShardConfig, resources: dict[str, float]
+) -> list[Any]:
+    """`shard_task` once per call: in this process (no Dask address), else as task runs on
+    the Dask cluster, each claiming `resources` and retried alone."""
+    if cfg.dask_address is None:
+        return [shard_task.fn(**call) for call in calls]
+    from prefect_dask import DaskTaskRunner  # the `dask` extra
+
+    on_dask = run_shards.with_options(task_runner=DaskTaskRunner(address=cfg.dask_address))
+    return on_dask(shard_task.name, calls, cfg.retries, resources)
+
+
+def assign_on(cfg: ShardConfig) -> PartMapper:
+    """The clustering stage's part mapper: assignment calls as `assign_shard` runs (no
+    resources claimed: assignment is FAISS on the CPU, wherever a worker has room)."""
+
+    def map_parts(calls: list[dict[str, Any]]) -> list[PartLabels]:
+        numbered = [{"number": number, **call} for number, call in enumerate(calls)]
+        return map_shards(assign_shard, numbered, cfg, resources={})
+
+    return map_parts
 
 
 def extract_sharded(
@@ -111,15 +141,16 @@ def extract_sharded(
     Writes `shards.json` next to it (shard, rows, task run, worker); returns summary metrics.
     """
     shards = plan_shards(select_rows(index, splits), cfg.rows_per_shard)
-    args = (str(checkpoint), str(index), list(splits))
-    common = (runtime, model_digest(checkpoint), str(runs_root() / STORE))
-    if cfg.dask_address is None:
-        results = [embed_shard.fn(*args, shard, *common) for shard in shards]
-    else:
-        from prefect_dask import DaskTaskRunner  # the `dask` extra
-
-        on_dask = embed_shards.with_options(task_runner=DaskTaskRunner(address=cfg.dask_address))
-        results = on_dask(*args, shards, *common, cfg.retries, cfg.worker_resources)
+    common = {
+        "checkpoint": str(checkpoint),
+        "index": str(index),
+        "splits": list(splits),
+        "runtime": runtime,
+        "digest": model_digest(checkpoint),
+        "store": str(runs_root() / STORE),
+    }
+    calls = [{**common, "shard": shard} for shard in shards]
+    results = map_shards(embed_shard, calls, cfg, cfg.worker_resources)
     dataset.mkdir(parents=True, exist_ok=True)
     for shard, result in zip(shards, results, strict=True):
         _link(Path(result["path"]), dataset / shard.part_name)

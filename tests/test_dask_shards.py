@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -59,15 +60,20 @@ def _run(tiny_preset, cluster):
     return slade(preset=preset, overrides={**overrides, "shards": shards}, return_state=True)
 
 
-def _shard_task_runs() -> list:
+def _task_runs(prefix: str, since: datetime | None = None) -> list:
+    """Task runs whose name starts with `prefix` (`shard-3`, `assign-0`), started `since`."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(
-            task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="shard-"))
+            task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=prefix))
         )
-    return runs
+    return [
+        run
+        for run in runs
+        if run.name.startswith(prefix) and (since is None or run.start_time >= since)
+    ]
 
 
 def _check_dataset(runs: Path) -> list[dict]:
@@ -89,10 +95,11 @@ def _check_dataset(runs: Path) -> list[dict]:
 
 
 def test_shards_run_as_task_runs_on_both_workers(cluster_env, tiny_preset):
+    started = datetime.now(UTC)
     state = _run(tiny_preset, cluster_env["cluster"])
     assert state.is_completed(), state.message
     records = _check_dataset(cluster_env["runs"])
-    task_runs = {str(run.id): run for run in _shard_task_runs()}
+    task_runs = {str(run.id): run for run in _task_runs("shard-")}
     for record in records:  # each shard: its own completed task run, on some worker
         run = task_runs[record["task_run_id"]]
         assert run.name == f"shard-{record['number']}" and run.state.is_completed()
@@ -101,6 +108,10 @@ def test_shards_run_as_task_runs_on_both_workers(cluster_env, tiny_preset):
     scheduler_pids = distributed.Client(cluster_env["cluster"]).run(os.getpid)
     assert len(workers) == 2
     assert {int(w.rsplit(":", 1)[1]) for w in workers} == set(scheduler_pids.values())
+    # the pseudo labels: one completed assignment task run per part, on the cluster too
+    assigned = _task_runs("assign-", since=started)
+    assert sorted(run.name for run in assigned) == [f"assign-{r['number']}" for r in records]
+    assert all(run.state.is_completed() for run in assigned)
 
 
 def test_a_killed_worker_shard_runs_again_and_no_part_is_lost_or_doubled(
@@ -131,3 +142,49 @@ def test_a_killed_worker_shard_runs_again_and_no_part_is_lost_or_doubled(
     records = _check_dataset(runs)
     assert sorted(r["number"] for r in records) == list(range(len(records)))
     assert killed[0] not in {int(r["worker"].rsplit(":", 1)[1]) for r in records}
+
+
+def test_shards_claiming_a_gpu_run_only_on_the_worker_that_declares_one(
+    prefect_server, tmp_path, monkeypatch, tiny_preset
+):
+    """shards.worker_resources {"GPU": 1}: a cluster of one plain worker and one started with
+    resources GPU=1 (real processes, distributed's SpecCluster) runs every embedding shard on
+    the second; the assignment shards claim nothing and may run on either."""
+    from distributed import Nanny, Scheduler, SpecCluster
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.pipeline import slade
+
+    for name, value in {
+        "SLADE_RUNS_DIR": tmp_path / "runs",
+        "SLADE_DOWNLOADS_DIR": tmp_path / "downloads",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "MLFLOW_EXPERIMENT_NAME": "slade-dask-gpu-test",
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+    }.items():
+        monkeypatch.setenv(name, str(value))
+    worker = {"cls": Nanny, "options": {"nthreads": 1}}
+    gpu_worker = {"cls": Nanny, "options": {"nthreads": 1, "resources": {"GPU": 1}}}
+    with (
+        dask.config.set({"distributed.worker.daemon": False}),
+        SpecCluster(
+            scheduler={"cls": Scheduler, "options": {"dashboard_address": None}},
+            workers={"cpu": worker, "gpu": gpu_worker},
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        client.wait_for_workers(2)
+        pids = client.run(os.getpid)
+        resources = {a: w["resources"] for a, w in client.scheduler_info()["workers"].items()}
+        (gpu_address,) = [a for a, r in resources.items() if r.get("GPU")]
+        preset, overrides = tiny_preset
+        shards = {
+            "rows_per_shard": ROWS_PER_SHARD,
+            "dask_address": cluster.scheduler_address,
+            "worker_resources": {"GPU": 1},
+        }
+        state = slade(preset=preset, overrides={**overrides, "shards": shards}, return_state=True)
+    assert state.is_completed(), state.message
+    records = _check_dataset(tmp_path / "runs")
+    assert len(records) >= 4
+    assert {int(r["worker"].rsplit(":", 1)[1]) for r in records} == {pids[gpu_address]}

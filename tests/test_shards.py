@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -116,6 +117,40 @@ def test_sharded_pseudo_labels_equal_todays_on_the_same_rows(tmp_path, sample):
     meta = pq.read_schema(sharded.path / "_common_metadata").metadata
     assert json.loads(meta[b"slade.stats"]) == today.stats
     assert got.schema.metadata[b"slade.k"] == b"5" and got.schema.metadata[b"slade.model"] == b"m"
+
+
+def test_assignment_calls_run_anywhere_and_give_the_same_labels(tmp_path):
+    """map_parts gets one plain call per part (files in, a file out): run in other processes,
+    last part first, they give the labels of the in-process default."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from slade_core.clustering import assign_part
+
+    x, _ = blobs(n=300, k=4, spread=0.2, seed=1)
+    dataset = _write_dataset(tmp_path / "embeddings.parquet", x, 64)
+    cfg = ClusterConfig(k=4, iterations=10, seed=0)
+    seen = []
+
+    def elsewhere(calls):
+        seen.extend(calls)
+        spawn = multiprocessing.get_context("spawn")  # new interpreters, as on a cluster
+        with ProcessPoolExecutor(2, mp_context=spawn) as pool:
+            futures = [pool.submit(assign_part, **call) for call in reversed(calls)]
+        return [future.result() for future in reversed(futures)]
+
+    here = make_sharded_pseudo_labels(dataset, tmp_path / "here", cfg)
+    there = make_sharded_pseudo_labels(dataset, tmp_path / "there", cfg, map_parts=elsewhere)
+    assert [Path(c["part"]).name for c in seen] == [p.name for p in dataset_parts(dataset)]
+    assert all(Path(c["centroids"]).name == "_centroids.npy" for c in seen)
+    assert there.stats == here.stats
+    for name in ("image_id", "cluster"):
+        assert read_dataset(there.path).column(name) == read_dataset(here.path).column(name)
+    centroids = np.load(there.path / "_centroids.npy")
+    assert centroids.shape == (4, x.shape[1])
+    single = assign_part(dataset_parts(dataset)[0], there.path / "_centroids.npy",
+                         tmp_path / "one.parquet", cfg)  # fmt: skip
+    assert single.sizes.sum() == 64 and single.labeled_clusters.size == 0
 
 
 def test_sharded_pseudo_labels_name_the_missing_split(tmp_path):
