@@ -26,8 +26,15 @@ from prefect import get_run_logger, task
 from prefect.context import TaskRunContext, get_run_context
 from prefect.exceptions import TerminationSignal
 
-from slade_core.config import PipelineConfig
+from slade_core.config import (
+    ModelConfig,
+    PipelineConfig,
+    RuntimeConfig,
+    StudentConfig,
+    TeacherConfig,
+)
 from slade_core.io import stable_hash, write_json
+from slade_core.training import TrainResult, needs_torchrun
 from tasks.artifacts import epoch_progress, link_run
 from tasks.faults import maybe_hang, maybe_inject_fault
 from tasks.inputs import stage_input
@@ -91,6 +98,31 @@ class StageContext:
             maybe_hang(self.stage)
 
         return on_epoch
+
+    def train(
+        self,
+        here: Callable[..., TrainResult],
+        launched: Callable[..., TrainResult],
+        inputs: list[Path],
+        model: ModelConfig,
+        stage_config: TeacherConfig | StudentConfig,
+        runtime: RuntimeConfig,
+    ) -> dict[str, float]:
+        """Run a training stage: `here` in this process, or `launched` under torchrun when
+        the runtime asks for more processes. Records the checkpoint as the stage's output and
+        returns the last epoch's metrics as final_* (the stage run's summary metrics)."""
+        train = launched if needs_torchrun(runtime) else here
+        result = train(
+            *inputs,
+            model,
+            stage_config,
+            runtime,
+            self.work_dir,
+            on_epoch=self.epoch_logger(self.stage.replace("_", " ")),
+        )
+        self.outputs["checkpoint"] = result.checkpoint_path.name
+        last = result.history[-1] if result.history else {}
+        return {f"final_{k}": v for k, v in last.items()}
 
 
 def _run_stage(

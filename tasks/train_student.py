@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from slade_core.training import launch_student, needs_torchrun, train_student
+from slade_core.training import launch_student, train_student
 from tasks.stage import StageContext, stage_task
 
 
@@ -10,16 +10,11 @@ from tasks.stage import StageContext, stage_task
 def train_student_task(ctx: StageContext, config, upstream) -> dict[str, float]:
     """Fit the student from the teacher's pseudo labels; per-epoch metrics as for the teacher."""
     teacher = upstream["teacher"]
-    train = launch_student if needs_torchrun(config.runtime) else train_student
-    result = train(
+    inputs = [
         ctx.input(upstream["data"], "index.parquet"),
         ctx.input(upstream["pseudo_labels"], "pseudo_labels.parquet"),
         ctx.input(teacher, teacher["checkpoint"]),
-        config.model,
-        config.student,
-        config.runtime,
-        ctx.work_dir,
-        on_epoch=ctx.epoch_logger("student training"),
+    ]
+    return ctx.train(
+        train_student, launch_student, inputs, config.model, config.student, config.runtime
     )
-    ctx.outputs["checkpoint"] = result.checkpoint_path.name
-    return {f"final_{k}": v for k, v in (result.history[-1] if result.history else {}).items()}

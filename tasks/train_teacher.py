@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-from slade_core.training import launch_teacher, needs_torchrun, train_teacher
+from slade_core.training import launch_teacher, train_teacher
 from tasks.stage import StageContext, stage_task
 
 
 @stage_task("train_teacher", ("model", "runtime", "teacher"))
 def train_teacher_task(ctx: StageContext, config, upstream) -> dict[str, float]:
     """Fit the teacher; per-epoch metrics go to MLflow and a Prefect progress bar."""
-    train = launch_teacher if needs_torchrun(config.runtime) else train_teacher
-    result = train(
-        ctx.input(upstream["data"], "index.parquet"),
-        config.model,
-        config.teacher,
-        config.runtime,
-        ctx.work_dir,
-        on_epoch=ctx.epoch_logger("teacher training"),
+    index = ctx.input(upstream["data"], "index.parquet")
+    return ctx.train(
+        train_teacher, launch_teacher, [index], config.model, config.teacher, config.runtime
     )
-    ctx.outputs["checkpoint"] = result.checkpoint_path.name
-    return {f"final_{k}": v for k, v in (result.history[-1] if result.history else {}).items()}

@@ -15,9 +15,9 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -226,6 +226,7 @@ DatasetManifest = Annotated[
     Field(discriminator="type"),
 ]
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(DatasetManifest)
+T = TypeVar("T")
 _ENV = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
 
 
@@ -254,9 +255,7 @@ def _tags(models: tuple[type[BaseModel], ...]) -> set[str]:
     return tags
 
 
-def format_validation_error(
-    err: ValidationError, where: str, models: tuple[type[BaseModel], ...]
-) -> str:
+def _explain(err: ValidationError, where: str, models: tuple[type[BaseModel], ...]) -> str:
     """Turn a pydantic error into lines that name each bad field and suggest a fix."""
     known = sorted({name for model in models for name in model.model_fields})
     tags = _tags(models)
@@ -298,14 +297,25 @@ def read_yaml(path: Path) -> Any:
         raise ManifestError(f"{path} is not valid YAML: {err}") from err
 
 
-def parse_manifest(raw: Mapping[str, Any], where: str = "dataset manifest") -> DatasetManifest:
-    """Validate a mapping as a dataset manifest (ManifestError naming the bad field)."""
+def validate_mapping(
+    validate: Callable[[dict[str, Any]], T],
+    raw: Any,
+    where: str,
+    models: tuple[type[BaseModel], ...],
+) -> T:
+    """`validate(raw)` for a YAML mapping; a ManifestError names each bad field of `where`
+    (searched in `models` for a did-you-mean) instead of pydantic's raw report."""
     if not isinstance(raw, Mapping):
         raise ManifestError(f"invalid {where}: expected a mapping, got {type(raw).__name__}")
     try:
-        return _ADAPTER.validate_python(dict(raw))
+        return validate(dict(raw))
     except ValidationError as err:
-        raise ManifestError(format_validation_error(err, where, MANIFEST_MODELS)) from err
+        raise ManifestError(_explain(err, where, models)) from err
+
+
+def parse_manifest(raw: Mapping[str, Any], where: str = "dataset manifest") -> DatasetManifest:
+    """Validate a mapping as a dataset manifest (ManifestError naming the bad field)."""
+    return validate_mapping(_ADAPTER.validate_python, raw, where, MANIFEST_MODELS)
 
 
 def manifest_file(ref: str | Path, datasets_dir: Path = DATASETS_DIR) -> Path:

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from slade_core.data.errors import ManifestError
 from slade_core.data.filtering import FilterSettings
@@ -28,9 +28,9 @@ from slade_core.data.manifest import (
     SplitRule,
     Strict,
     SubsetRules,
-    format_validation_error,
     load_manifest,
     read_yaml,
+    validate_mapping,
 )
 
 PRESETS_DIR = REPO_ROOT / "data_manifests" / "presets"
@@ -79,12 +79,7 @@ _PRESET_MODELS = (DataPreset, DatasetRef, ImageCheckSettings, FilterSettings, *M
 
 def parse_data_preset(raw: Mapping[str, Any], where: str = "data preset") -> DataPreset:
     """Validate a `data:` mapping (ManifestError naming the bad field, with a suggestion)."""
-    if not isinstance(raw, Mapping):
-        raise ManifestError(f"invalid {where}: expected a mapping, got {type(raw).__name__}")
-    try:
-        return DataPreset.model_validate(dict(raw))
-    except ValidationError as err:
-        raise ManifestError(format_validation_error(err, where, _PRESET_MODELS)) from err
+    return validate_mapping(DataPreset.model_validate, raw, where, _PRESET_MODELS)
 
 
 def load_data_preset(preset: str | Path, presets_dir: Path = PRESETS_DIR) -> DataPreset:

@@ -30,21 +30,12 @@ import pandas as pd
 import torch
 
 from slade_core.config import ModelConfig, RuntimeConfig, StudentConfig
-from slade_core.device import Precision, resolve_device
-from slade_core.io import atomic_path, file_digest, stable_hash
+from slade_core.io import atomic_path, file_digest
 from slade_core.losses import SladeLoss
-from slade_core.models import create_model
-from slade_core.samplers import JointBatchSampler, MPerClassBatchSampler, first_occurrences
-from slade_core.training import distributed
-from slade_core.training.data import make_source, read_split
-from slade_core.training.loop import (
-    EpochCallback,
-    TrainResult,
-    build_optimizer,
-    finish,
-    run_epochs,
-    seed_everything,
-)
+from slade_core.samplers import JointBatchSampler, MPerClassBatchSampler
+from slade_core.training.data import read_split
+from slade_core.training.loop import EpochCallback, TrainResult
+from slade_core.training.run import Batch, TrainingRun
 
 log = logging.getLogger(__name__)
 
@@ -78,15 +69,6 @@ def _dense(values: np.ndarray) -> tuple[np.ndarray, int]:
     return inverse.astype(np.int64), len(uniq)
 
 
-def _student_net(model: ModelConfig, teacher_checkpoint: Path, init_from_teacher: bool):
-    if not init_from_teacher:
-        return create_model(model)
-    spec = ModelConfig.model_validate(
-        {**model.model_dump(), "weights": "checkpoint", "checkpoint_path": teacher_checkpoint}
-    )
-    return create_model(spec)
-
-
 def train_student(
     index_path: str | os.PathLike,
     pseudo_labels_path: str | os.PathLike,
@@ -103,29 +85,21 @@ def train_student(
     Resumes from out_dir/resume.pt when it was written for the same configuration and inputs.
     `audit_classes` (image id -> hidden class, benchmarks only) adds pair-precision metrics.
     """
-    out_dir = Path(out_dir)
-    teacher_checkpoint = Path(teacher_checkpoint)
     labeled = read_split(index_path, "train")
     unlabeled = read_pseudo_labeled(index_path, pseudo_labels_path)
     labels, n_classes = _dense(labeled["label"].to_numpy(np.int64))
     pseudo, n_clusters = _dense(unlabeled["cluster"].to_numpy(np.int64))
     all_labels = np.concatenate([labels, pseudo + n_classes])
-    config = {
-        "model": model.model_dump(mode="json"),
-        "student": student.model_dump(mode="json"),
-        "runtime": runtime.model_dump(mode="json", include={"seed", "cached_views", "amp"}),
-    }
     inputs = [index_path, pseudo_labels_path]
+    start = None
     if student.init_from_teacher:
         inputs.append(teacher_checkpoint)
-    config_hash = stable_hash({**config, "inputs": [file_digest(p) for p in inputs]})
-
-    ctx = distributed.current()
-    seed_everything(runtime.seed)
-    device = ctx.device(resolve_device(runtime.device))
-    precision = Precision.for_runtime(runtime, device)
-    net = _student_net(model, teacher_checkpoint, student.init_from_teacher)
-    net = precision.place(net, images=net.trainable_trunk())
+        start = ModelConfig.model_validate(
+            {**model.model_dump(), "weights": "checkpoint", "checkpoint_path": teacher_checkpoint}
+        )
+    digests = {"inputs": [file_digest(p) for p in inputs]}
+    run = TrainingRun("student", model, student, runtime, out_dir, digests, start=start)
+    device = run.device
     lbs, ubs = student.labeled_batch_size, student.unlabeled_batch_size
     iterations = student.optim.iterations_per_epoch or max(
         1, len(labeled) // lbs, len(unlabeled) // ubs
@@ -136,62 +110,39 @@ def train_student(
         MPerClassBatchSampler(pseudo, m, ubs, runtime.seed, iterations, stream=1),
         unlabeled_offset=len(labeled),
     )
-    source = make_source(
-        net, [labeled, unlabeled], ctx.shard(sampler, lbs + ubs), runtime, precision
-    )
     label_tensor = torch.tensor(all_labels, device=device)
     hidden = None
     if audit_classes is not None:
         known = unlabeled["image_id"].map(audit_classes).fillna(-1).to_numpy(np.int64)
         hidden = torch.tensor(np.concatenate([np.full(len(labeled), -1), known]), device=device)
     objective = SladeLoss(student, model.embedding_dim, n_classes, n_clusters).to(device)
-    ctx.seed_rank(runtime.seed)  # after every module's initialisation: identical on all ranks
-    embed = ctx.embedder(net, source.embed, device)
-    warmup_steps = student.basis.warmup_iterations if student.use_basis else 0
 
-    def step(inputs: torch.Tensor, positions: torch.Tensor, iteration: int):
-        warmup = iteration < warmup_steps
-        positions = ctx.gather(positions.to(device))
-        with torch.set_grad_enabled(not warmup):
-            embeddings = embed(inputs)
-        split = lbs
-        duplicates = 0.0
-        if source.repeats_identical:
-            keep = first_occurrences(positions)
-            split = int(keep[:lbs].sum())
-            duplicates = 1.0 - keep[lbs:].float().mean()
-            embeddings, positions = embeddings[keep], positions[keep]
-        audit = None if hidden is None else hidden[positions][split:]
-        loss, metrics = objective(embeddings, label_tensor[positions], split, warmup, audit)
-        return loss, {**metrics, "duplicate_fraction": duplicates}
+    def step(batch: Batch):
+        split = batch.kept(lbs)
+        audit = None if hidden is None else hidden[batch.positions][split:]
+        loss, metrics = objective(
+            batch.embeddings, label_tensor[batch.positions], split, batch.warmup, audit
+        )
+        return loss, {**metrics, "duplicate_fraction": batch.repeated_share(lbs)}
 
-    optimizer = build_optimizer(
-        net, student.optim, extra=[(objective.basis_parameters(), student.basis.lr)]
-    )
-    history = run_epochs(
-        stage="student",
-        out_dir=out_dir,
-        config_hash=config_hash,
-        epochs=student.optim.epochs,
-        source=source,
-        step=step,
-        modules={"model": net, "objective": objective},
-        optimizer=optimizer,
-        precision=precision,
-        on_epoch=on_epoch,
-        schedule=student.optim.schedule,
+    history = run.epochs(
+        [labeled, unlabeled],
+        sampler,
+        lbs + ubs,
+        step,
+        on_epoch,
+        warmup_steps=student.basis.warmup_iterations if student.use_basis else 0,
+        modules={"objective": objective},
+        extra_parameters=[(objective.basis_parameters(), student.basis.lr)],
         epoch_metrics=objective.stats,
     )
-    if objective.basis is not None and ctx.is_main:
-        with atomic_path(out_dir / "basis.pt") as tmp:
+    if objective.basis is not None and run.ctx.is_main:
+        with atomic_path(Path(out_dir) / "basis.pt") as tmp:
             torch.save({k: v.cpu() for k, v in objective.state_dict().items()}, tmp)
-    meta = {
-        "stage": "student",
-        "epochs": student.optim.epochs,
-        "config": config,
-        "labeled_classes": n_classes,
-        "clusters": n_clusters,
-        "basis_stats": objective.stats(),
-        "moments_at_warmup_end": objective.warmup_end,
-    }
-    return finish(net, out_dir, "student.pt", meta, history)
+    return run.finish(
+        history,
+        labeled_classes=n_classes,
+        clusters=n_clusters,
+        basis_stats=objective.stats(),
+        moments_at_warmup_end=objective.warmup_end,
+    )
