@@ -57,11 +57,13 @@ from slade_core.experiment import load_experiment
 from slade_core.features import cached_prefix_features, prefix_feature_file
 from slade_core.images import IndexDataset, build_transform
 from slade_core.io import write_json
+from slade_core.losses import RANKING_LOSSES
 from slade_core.metrics import retrieval_metrics
 from slade_core.models import create_model
 from slade_core.training import train_student, train_teacher
 from slade_core.training.data import read_split
 from slade_core.training.loop import build_optimizer, build_scheduler, seed_everything
+from slade_core.trunk import TrunkMode
 from slade_core.workers import loader_workers, usable_cpus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -289,8 +291,8 @@ def warm_prefix_cache(
     row's pooled features of the test rows are cached instead."""
     start = time.perf_counter()
     splits = ("train", "unlabeled") if unlabeled else ("train",)
-    if spec.trainable_blocks == -1:
-        spec = spec.model_copy(update={"trainable_blocks": 0})
+    if TrunkMode.of(spec).whole:
+        spec = spec.with_frozen_trunk()
         jobs = [(None, "test")]
     else:
         jobs = [(None, "test")] + [(None, "unlabeled")] * unlabeled
@@ -319,9 +321,9 @@ def evaluate_checkpoint(
 
 def trunk_scores(spec: ModelConfig, index_path: Path, runtime: RuntimeConfig) -> dict[str, float]:
     """The pretrained trunk's own pooled features, L2-normalised (no head, no training)."""
-    if spec.trainable_blocks == -1:
-        spec = spec.model_copy(update={"trainable_blocks": 0})
-    out = index_path.parent / f"trunk-{spec.trainable_blocks}-test.parquet"
+    if TrunkMode.of(spec).whole:
+        spec = spec.with_frozen_trunk()
+    out = index_path.parent / f"trunk-{TrunkMode.of(spec).blocks}-test.parquet"
     extract_trunk_features(spec, index_path, out, ["test"], runtime)
     table = read_embeddings(out)
     return scores(table.embeddings, table.labels)
@@ -337,7 +339,7 @@ def train_pml_baseline(
     iterations per epoch as the teacher; a frozen trunk reads the same cached views
     (epoch e: view (e-1) % cached_views), a trainable one sees augmented images.
     """
-    from pytorch_metric_learning import losses, samplers
+    from pytorch_metric_learning import samplers
 
     seed_everything(runtime.seed)  # PML's sampler draws from numpy's global RNG
     device = resolve_device(runtime.device)
@@ -349,26 +351,18 @@ def train_pml_baseline(
     sampler = samplers.MPerClassSampler(
         labels, teacher.m_per_class, batch_size=bs, length_before_new_iter=iterations * bs
     )
-    spec_loss = teacher.loss
-    if spec_loss.name == "multi_similarity":
-        loss_fn = losses.MultiSimilarityLoss(
-            alpha=spec_loss.ms_alpha, beta=spec_loss.ms_beta, base=spec_loss.ms_base
-        )
-    else:
-        loss_fn = losses.ContrastiveLoss(
-            pos_margin=spec_loss.pos_margin, neg_margin=spec_loss.neg_margin
-        )
+    loss_fn = RANKING_LOSSES[teacher.loss.name](teacher.loss)  # the PML loss itself
     optimizer = build_optimizer(net, teacher.optim)
     steps = teacher.optim.epochs * iterations
     scheduler = build_scheduler(optimizer, teacher.optim.schedule, steps)
-    if net.cached_prefix():
+    if net.mode.caches_prefix:
         positions = torch.arange(len(frame))
     else:
         mean, std = net.normalization()
         dataset = IndexDataset(frame, build_transform(spec.image_size, True, mean, std))
     for epoch in range(1, teacher.optim.epochs + 1):
         net.train()
-        if not net.cached_prefix():
+        if not net.mode.caches_prefix:
             loader = torch.utils.data.DataLoader(
                 dataset, bs, sampler=sampler, num_workers=loader_workers(runtime), drop_last=True
             )

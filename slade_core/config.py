@@ -50,6 +50,10 @@ class ModelConfig(StrictModel):
     head: Literal["linear", "mlp"] = "linear"
     batchnorm: Literal["frozen", "train"] = "frozen"
 
+    def with_frozen_trunk(self) -> ModelConfig:
+        """The same network with nothing in the trunk trained (its pooled features)."""
+        return self.model_copy(update={"trainable_blocks": 0})
+
     @model_validator(mode="after")
     def _weights_consistent(self) -> ModelConfig:
         if self.weights == "checkpoint" and self.checkpoint_path is None:

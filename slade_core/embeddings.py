@@ -164,7 +164,7 @@ def _embedding_batches(
             return _numpy(model.embed_features(prefix_output))
         return _numpy(F.normalize(model.suffix(prefix_output).float(), dim=-1))
 
-    if model.cached_prefix():
+    if model.mode.caches_prefix:
         features = np.load(prefix_feature_file(model, frame, None, runtime), mmap_mode="r")
         with torch.inference_mode():
             for start in range(0, len(frame), bs):

@@ -63,7 +63,7 @@ def prefix_fingerprint(model: EmbeddingNet) -> str:
 
 def prefix_output_shape(model: EmbeddingNet) -> tuple[int, ...]:
     """Shape of one image's prefix output at the model's image size."""
-    if model.spec.trainable_blocks == 0:
+    if model.mode.frozen:
         return (model.trunk_dim,)
     size = model.spec.image_size
     device = next(model.parameters()).device
@@ -89,7 +89,7 @@ def prefix_feature_file(
 ) -> Path:
     """Path of the cached [N, *prefix_output_shape] .npy for this view, computing it if
     absent (float32 pooled features of a frozen trunk, float16 maps of a partial one)."""
-    if not model.cached_prefix():
+    if not model.mode.caches_prefix:
         raise ValueError(
             "model.trainable_blocks=-1 trains the whole trunk: there is no frozen prefix to "
             "cache; use trainable_blocks >= 0"

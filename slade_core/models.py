@@ -33,6 +33,7 @@ from torch import nn
 
 from slade_core.checkpoints import read_checkpoint
 from slade_core.config import ModelConfig
+from slade_core.trunk import TrunkMode
 from slade_core.weights import bare_trunk, load_exact, starting_trunk
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -45,6 +46,7 @@ class EmbeddingNet(nn.Module):
     def __init__(self, spec: ModelConfig, trunk: nn.Module) -> None:
         super().__init__()
         self.spec = spec
+        self.mode = TrunkMode.of(spec)
         self.trunk = trunk
         self.trunk_dim = int(trunk.num_features)
         d = spec.embedding_dim
@@ -56,10 +58,10 @@ class EmbeddingNet(nn.Module):
             )
         _init_head(self.head)
         self._frozen_modules: list[str] = []
-        _apply_trainable_blocks(self, spec.trainable_blocks)
+        _apply_trainable_blocks(self, self.mode.blocks)
         self._prefix_names: list[str] = []
         self._suffix_names: list[str] = []
-        if spec.trainable_blocks > 0:
+        if self.mode.partial:
             self._prefix_names, self._suffix_names = _split_chain(self)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -68,9 +70,9 @@ class EmbeddingNet(nn.Module):
     def prefix(self, images: torch.Tensor) -> torch.Tensor:
         """The frozen part: pooled trunk features (frozen trunk), the feature maps before
         the first trainable stage (partial trunk), or the images themselves (whole trunk)."""
-        if self.spec.trainable_blocks == 0:
+        if self.mode.frozen:
             return self.trunk(images)
-        if self.spec.trainable_blocks == -1:
+        if self.mode.whole:
             return images
         return self._run(self._prefix_names, images)
 
@@ -80,9 +82,9 @@ class EmbeddingNet(nn.Module):
 
     def suffix(self, prefix_output: torch.Tensor) -> torch.Tensor:
         """The trainable trunk part, ending in pooled [B, trunk_dim] features."""
-        if self.spec.trainable_blocks == 0:
+        if self.mode.frozen:
             return prefix_output
-        if self.spec.trainable_blocks == -1:
+        if self.mode.whole:
             return self.trunk(prefix_output)
         maps = self._run(self._suffix_names, prefix_output)
         return self.trunk.forward_head(maps, pre_logits=True)
@@ -92,16 +94,9 @@ class EmbeddingNet(nn.Module):
             x = self.get_submodule(name)(x)
         return x
 
-    def trainable_trunk(self) -> bool:
-        return self.spec.trainable_blocks != 0
-
-    def cached_prefix(self) -> bool:
-        """True when the prefix is frozen (trainable_blocks >= 0): its outputs can be cached."""
-        return self.spec.trainable_blocks != -1
-
     def prefix_modules(self) -> list[str]:
         """Names (relative to the net) of the modules that make the prefix."""
-        if self.spec.trainable_blocks == 0:
+        if self.mode.frozen:
             return ["trunk"]
         return list(self._prefix_names)
 

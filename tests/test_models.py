@@ -43,7 +43,7 @@ def test_output_is_normalised_and_shaped(head):
 
 def test_frozen_trunk_has_no_grads_and_stays_eval():
     model = create_model(_spec(trainable_blocks=0))
-    assert not model.trainable_trunk()
+    assert not model.mode.trains_trunk
     model.train()
     assert not model.trunk.training and model.head.training
     assert all(not m.training for m in model.trunk.modules())
@@ -165,3 +165,23 @@ def test_lite0_recognises_an_albatross():
     x = build_transform(224, False, (0.5,) * 3, (0.5,) * 3)(load_rgb(path))[None]
     with torch.inference_mode():
         assert _classifier()(x).argmax().item() == 146  # ImageNet "albatross, mollymawk"
+
+
+@pytest.mark.parametrize(
+    ("blocks", "frozen", "partial", "whole", "trains", "caches"),
+    [
+        (0, True, False, False, False, True),
+        (1, False, True, False, True, True),
+        (-1, False, False, True, True, False),
+    ],
+)
+def test_the_trunk_mode_decides_what_trains_and_what_is_cached(
+    blocks, frozen, partial, whole, trains, caches
+):
+    mode = create_model(_spec(trainable_blocks=blocks)).mode
+    assert (mode.frozen, mode.partial, mode.whole) == (frozen, partial, whole)
+    assert (mode.trains_trunk, mode.caches_prefix) == (trains, caches)
+    trunk_grads = any(
+        p.requires_grad for p in create_model(_spec(trainable_blocks=blocks)).trunk.parameters()
+    )
+    assert trunk_grads == trains

@@ -252,7 +252,7 @@ def make_source(
 ) -> CachedFeatureSource | DecodedImageSource | ImageSource:
     """Cached prefix features unless the whole trunk trains; images then, from the decoded
     cache (runtime.decoded_cache) or decoded with PIL every step."""
-    if net.cached_prefix():
+    if net.mode.caches_prefix:
         kind = CachedFeatureSource
     else:
         kind = DecodedImageSource if runtime.decoded_cache else ImageSource

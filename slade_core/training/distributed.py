@@ -130,7 +130,7 @@ class Distributed:
         if not self.enabled:
             return partial(embed, net)
         cuda = device.type == "cuda"
-        batch_statistics = net.trainable_trunk() and net.spec.batchnorm == "train"
+        batch_statistics = net.mode.trains_trunk and net.spec.batchnorm == "train"
         if cuda and batch_statistics:
             from timm.layers import convert_sync_batchnorm
 

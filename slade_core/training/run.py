@@ -94,7 +94,7 @@ class TrainingRun:
         self.device = self.ctx.device(resolve_device(runtime.device))
         self.precision = Precision.for_runtime(runtime, self.device)
         net = create_model(start or model)
-        self.net = self.precision.place(net, images=net.trainable_trunk())
+        self.net = self.precision.place(net, images=net.mode.trains_trunk)
 
     def epochs(
         self,

@@ -1,7 +1,7 @@
-"""Batch samplers with m images per class, so every batch holds positive pairs.
+"""m images per class in every batch, so every batch holds positive pairs.
 
 Ranking losses only learn from pairs inside a batch; a uniformly drawn batch of 32 over 100+
-classes rarely contains two images of one class. Both samplers here are pure functions of
+classes rarely contains two images of one class. The sampler is a pure function of
 (seed, epoch): a resumed run draws exactly the batches the uninterrupted run would have drawn.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-import torch
 from torch.utils.data import Sampler
 
 
@@ -83,57 +82,3 @@ class MPerClassBatchSampler(Sampler[list[int]]):
                 replace = len(members) < self.m_per_class
                 batch.extend(rng.choice(members, self.m_per_class, replace=replace).tolist())
             yield batch
-
-
-class JointBatchSampler(Sampler[list[int]]):
-    """Student batches: a labeled batch followed by a pseudo-labeled batch, in one index list.
-
-    Positions index the concatenation [labeled rows, unlabeled rows]: the first
-    `labeled.batch_size` entries are labeled rows, the rest are unlabeled rows shifted by
-    `unlabeled_offset` (the number of labeled rows). Both halves are m-per-class (on labels
-    and on pseudo labels), so the unlabeled half has positive pairs too.
-    """
-
-    def __init__(
-        self,
-        labeled: MPerClassBatchSampler,
-        unlabeled: MPerClassBatchSampler,
-        unlabeled_offset: int,
-    ) -> None:
-        if len(labeled) != len(unlabeled):
-            raise ValueError(
-                f"labeled and unlabeled samplers disagree on batches per epoch "
-                f"({len(labeled)} vs {len(unlabeled)}); build both with the same count"
-            )
-        self.labeled = labeled
-        self.unlabeled = unlabeled
-        self.unlabeled_offset = unlabeled_offset
-        self.split = labeled.batch_size
-
-    def set_epoch(self, epoch: int) -> None:
-        self.labeled.set_epoch(epoch)
-        self.unlabeled.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.labeled)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for lab, unl in zip(self.labeled, self.unlabeled, strict=True):
-            yield lab + [i + self.unlabeled_offset for i in unl]
-
-
-def first_occurrences(positions: torch.Tensor) -> torch.Tensor:
-    """Bool mask of the entries of a batch's row positions that are a row's first draw.
-
-    A cluster smaller than m is sampled with replacement; when the inputs are cached views,
-    a repeat is the very same input (similarity 1). As a "positive pair" it carries no
-    gradient yet passes every mining threshold and inflates mu+ and sigma+, so trainers on
-    cached inputs keep only the first draw of each row in their pair losses.
-    """
-    order = torch.argsort(positions, stable=True)
-    ordered = positions[order]
-    first = torch.ones_like(ordered, dtype=torch.bool)
-    first[1:] = ordered[1:] != ordered[:-1]
-    keep = torch.empty_like(first)
-    keep[order] = first
-    return keep
