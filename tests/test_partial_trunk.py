@@ -6,14 +6,17 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 from test_training import _model, _runtime, _student, _teacher, dataset  # noqa: F401
 
 from slade_core.config import EvalConfig, ModelConfig, OptimConfig
+from slade_core.embeddings import read_embeddings
 from slade_core.evaluate import TRUNK_ROW, evaluate
 from slade_core.features import cached_prefix_features, prefix_feature_file
+from slade_core.images import build_transform, load_rgb
 from slade_core.models import create_model, load_model
 from slade_core.samplers import first_occurrences
 from slade_core.training import train_student, train_teacher
@@ -184,7 +187,12 @@ def test_repeated_rows_never_form_pairs_in_the_student(dataset, tmp_path):  # no
 
 
 def test_evaluate_reports_the_pretrained_trunk_first(dataset, tmp_path):  # noqa: F811
-    spec = _model(trainable_blocks=1)
+    # fixed trunk weights from a file: random ones ("none") differ on every create_model
+    weights = tmp_path / "trunk.pt"
+    torch.save(create_model(_model()).trunk.state_dict(), weights)
+    spec = _model(trainable_blocks=1).model_copy(
+        update={"weights": "checkpoint", "checkpoint_path": weights}
+    )
     teacher = train_teacher(
         dataset["index"], spec, _teacher(epochs=1, iterations=2), _runtime(dataset), tmp_path
     )
@@ -194,7 +202,20 @@ def test_evaluate_reports_the_pretrained_trunk_first(dataset, tmp_path):  # noqa
     )  # fmt: skip
     models = json.loads(result.metrics_path.read_text())["models"]
     assert list(models) == [TRUNK_ROW, "teacher"]
-    assert 0 < models[TRUNK_ROW]["map_at_r"] <= 1
+    # the row is the untrained trunk's own pooled features, computed here from the images
+    # with the whole trunk (the stage reads its float16 prefix cache instead)
+    table = read_embeddings(tmp_path / "eval" / f"embeddings_{TRUNK_ROW}.parquet")
+    paths = pd.read_parquet(dataset["index"]).set_index("image_id").loc[table.image_ids, "path"]
+    net = create_model(spec).eval()
+    transform = build_transform(spec.image_size, False, *net.normalization())
+    with torch.inference_mode():
+        images = torch.stack([transform(load_rgb(path)) for path in paths])
+        pooled = F.normalize(net.trunk(images), dim=-1).numpy()
+    np.testing.assert_allclose(table.embeddings, pooled, atol=2e-3)
+    teacher_rows = read_embeddings(tmp_path / "eval" / "embeddings_teacher.parquet")
+    assert teacher_rows.embeddings.shape[1] != pooled.shape[1] or not np.allclose(
+        teacher_rows.embeddings, pooled, atol=2e-3
+    )
     assert TRUNK_ROW in result.report_path.read_text()
     with pytest.raises(ValueError, match="baseline row"):
         evaluate(
