@@ -135,10 +135,11 @@ def measure_extraction(args: argparse.Namespace) -> dict:
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
+    from slade_core.checkpoints import save_checkpoint
     from slade_core.data.prepare import prepare_data
     from slade_core.data.preset import load_data_preset
     from slade_core.experiment import load_experiment
-    from slade_core.models import create_model, save_checkpoint
+    from slade_core.models import create_model
 
     os.environ["SLADE_DATA_ROOT"] = str(args.data_root)  # read by the cub100/birds525 manifests
     with tempfile.TemporaryDirectory(dir=args.work) as work:
