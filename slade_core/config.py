@@ -145,6 +145,8 @@ class BasisConfig(StrictModel):
       representation (False: of the raw representations, whose cosines crowd near 1).
     restart_moments: the tracked mu/sigma start afresh at the first joint step (they lag the
       basis during warm-up: ~1/(1 - momentum) steps of memory).
+    warmup_iterations: basis-only steps before joint training, in addition to the student's
+      epochs (they do not shorten the network's training or schedule).
     """
 
     ce_labels: Literal["labeled", "joint"] = "labeled"

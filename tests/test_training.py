@@ -17,9 +17,10 @@ from slade_core.config import (
     StudentConfig,
     TeacherConfig,
 )
+from slade_core.device import Precision
 from slade_core.models import create_model, load_model
 from slade_core.training import TrainResult, train_student, train_teacher
-from slade_core.training.loop import RESUME_FILE
+from slade_core.training.loop import RESUME_FILE, run_epochs
 
 STUDENT_METRICS = {
     "loss", "loss_rank", "loss_rank_unlabeled", "loss_ce", "loss_reg", "mined_pos",
@@ -226,14 +227,76 @@ def test_student_runs_for_each_ablation(
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 16)
 
 
-def test_student_warmup_trains_only_the_basis(dataset, teacher_checkpoint, tmp_path):
-    cfg = _student(True, True, epochs=1, warmup=100)
+class _NumberedBatches:
+    """3 batches per epoch; batch i of epoch e holds the number 10 e + i."""
+
+    def __len__(self):
+        return 3
+
+    def batches(self, epoch):
+        for i in range(3):
+            yield torch.full((2, 1), 10.0 * epoch + i), torch.tensor([i, i])
+
+
+def _run_numbered(out_dir, warmup_steps, on_epoch=None):
+    """run_epochs over _NumberedBatches (2 epochs, cosine); per step: (batch number, warm-up
+    flag, head lr, network weight, basis weight) as the step saw them."""
+    torch.manual_seed(0)
+    net, basis = torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)
+    groups = [{"params": net.parameters()}, {"params": basis.parameters()}]
+    optimizer = torch.optim.SGD(groups, lr=0.1)
+    seen = []
+
+    def step(inputs, positions, warmup):
+        group = optimizer.param_groups[0]["lr"]
+        weights = float(net.weight.detach()), float(basis.weight.detach())
+        seen.append((float(inputs[0, 0]), warmup, group, *weights))
+        with torch.set_grad_enabled(not warmup):
+            embeddings = net(inputs)
+        return basis(embeddings).pow(2).mean(), {}
+
+    run_epochs(
+        stage="s", out_dir=out_dir, config_hash="h", epochs=2, source=_NumberedBatches(),
+        step=step, modules={"net": net, "basis": basis}, optimizer=optimizer,
+        precision=Precision(torch.device("cpu")), on_epoch=on_epoch, schedule="cosine",
+        warmup_steps=warmup_steps,
+    )  # fmt: skip
+    return seen
+
+
+def test_warmup_precedes_the_epochs_and_leaves_the_network_alone(tmp_path):
+    plain = _run_numbered(tmp_path / "plain", 0)
+    warm = _run_numbered(tmp_path / "warm", 5)
+    # 5 warm-up steps on epoch 0's batches (cycled), then every step of the plain run
+    assert [(n, w) for n, w, *_ in warm[:5]] == [(0, True), (1, True), (2, True)] + [
+        (0, True),
+        (1, True),
+    ]
+    assert [(n, w, lr) for n, w, lr, *_ in warm[5:]] == [(n, w, lr) for n, w, lr, *_ in plain]
+    assert all(not w for _, w, *_ in plain) and warm[5][2] == plain[0][2] == pytest.approx(0.1)
+    # only the basis learned during warm-up
+    assert warm[5][3] == plain[0][3] and warm[5][4] != plain[0][4]
+
+
+def test_warmup_is_not_repeated_on_resume(tmp_path):
+    def kill(epoch, total, metrics):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _run_numbered(tmp_path, 2, kill)
+    resumed = _run_numbered(tmp_path, 2)
+    assert [(n, w) for n, w, *_ in resumed] == [(20, False), (21, False), (22, False)]
+
+
+def test_student_warmup_does_not_shorten_joint_training(dataset, teacher_checkpoint, tmp_path):
+    cfg = _student(True, True, epochs=1, warmup=100)  # more warm-up than the 3 epoch steps
     result = train_student(
         dataset["index"], dataset["pseudo"], teacher_checkpoint, _model(), cfg,
         _runtime(dataset), tmp_path,
     )  # fmt: skip
-    _assert_same(_state(teacher_checkpoint)[0], _state(result.checkpoint_path)[0])
-    assert result.history[0]["loss_ce"] > 0 and result.history[0]["loss_rank"] == 0
+    assert result.history[0]["loss_rank"] > 0  # the epoch's steps trained the network
+    teacher, student = _state(teacher_checkpoint)[0], _state(result.checkpoint_path)[0]
+    assert any(not torch.equal(teacher[k], student[k]) for k in teacher)
 
 
 def test_student_resume_after_kill_equals_uninterrupted_run(dataset, teacher_checkpoint, tmp_path):

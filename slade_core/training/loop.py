@@ -38,9 +38,9 @@ RESUME_FILE = "resume.pt"
 RESUME_FORMAT = "slade-resume-v1"
 
 EpochCallback = Callable[[int, int, dict[str, float]], None]
-# step(inputs, positions, iteration) -> (loss to minimise, per-step metrics to average)
+# step(inputs, positions, warmup) -> (loss to minimise, per-step metrics to average)
 StepFn = Callable[
-    [torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, Mapping[str, torch.Tensor | float]]
+    [torch.Tensor, torch.Tensor, bool], tuple[torch.Tensor, Mapping[str, torch.Tensor | float]]
 ]
 
 
@@ -113,18 +113,36 @@ def run_epochs(
     on_epoch: EpochCallback | None = None,
     epoch_metrics: Callable[[], dict[str, float]] | None = None,
     schedule: str = "constant",
+    warmup_steps: int = 0,
 ) -> list[dict[str, float]]:
     """Train epochs 1..`epochs` (continuing from out_dir/resume.pt when it matches) and
     return the history: one dict per epoch with "epoch", the mean of every step metric
     (over the steps that report it a finite value: NaN means "no such pair this step"),
     "loss", `epoch_metrics()` and "lr" (of the first parameter group, the head, at the end
-    of the epoch). `schedule` is OptimConfig.schedule."""
+    of the epoch). `schedule` is OptimConfig.schedule.
+
+    A fresh run first takes `warmup_steps` steps with step(..., warmup=True) on the batches
+    of epoch 0 (cycled), at the schedule's first learning rate. They come before the
+    epochs, not out of them: the network then trains exactly as many steps, on the same
+    batches and schedule, as a run without warm-up (the controls it is compared with)."""
     scaler = precision.grad_scaler()
     iterations = len(source)
     scheduler = build_scheduler(optimizer, schedule, epochs * iterations)
     resume_path = Path(out_dir) / RESUME_FILE
     history = _restore(resume_path, stage, config_hash, modules, optimizer, scaler, scheduler)
     main = distributed.current().is_main
+
+    def update(loss: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    if not history and warmup_steps:
+        for module in modules.values():
+            module.train()
+        for inputs, positions in _cycled(source, warmup_steps):
+            update(step(inputs, positions, True)[0])
     for epoch in range(len(history) + 1, epochs + 1):
         for module in modules.values():
             module.train()
@@ -138,11 +156,8 @@ def run_epochs(
             disable=None if main else True,
         )
         for i, (inputs, positions) in enumerate(source.batches(epoch)):
-            loss, metrics = step(inputs, positions, (epoch - 1) * iterations + i)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            loss, metrics = step(inputs, positions, False)
+            update(loss)
             scheduler.step()
             for name, value in {"loss": loss, **metrics}.items():
                 value = torch.as_tensor(value).detach().float()
@@ -168,6 +183,17 @@ def run_epochs(
         if on_epoch is not None and main:
             on_epoch(epoch, epochs, summary)
     return history
+
+
+def _cycled(source: BatchSource, steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The first `steps` batches of epoch 0, repeated when one epoch is shorter."""
+    done = 0
+    while done < steps:
+        for batch in source.batches(0):
+            yield batch
+            done += 1
+            if done == steps:
+                return
 
 
 def finish(

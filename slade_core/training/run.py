@@ -49,7 +49,7 @@ class Batch:
     embeddings: torch.Tensor
     positions: torch.Tensor  # row positions of the kept embeddings
     keep: torch.Tensor | None  # per drawn row: its first draw (None: every row kept)
-    warmup: bool  # the network gets no gradient this step (see TrainingRun.epochs)
+    warmup: bool  # a warm-up step: the network gets no gradient (see loop.run_epochs)
 
     def kept(self, stop: int) -> int:
         """How many of the first `stop` drawn rows were kept."""
@@ -113,7 +113,8 @@ class TrainingRun:
         each) to minimise `objective`; return the history.
 
         Call it after building the objective's modules: every rank then starts from the same
-        weights. During the first `warmup_steps` steps the network embeds without gradient.
+        weights. `warmup_steps` steps come first, in which the network embeds without gradient
+        (see `run_epochs`).
         `modules` train and resume with the network, `extra_parameters` are (params, lr)
         groups of the optimiser, `epoch_metrics` adds to each epoch's history entry.
         """
@@ -123,8 +124,7 @@ class TrainingRun:
         source = make_source(self.net, frames, shard, self.runtime, self.precision)
         embed = ctx.embedder(self.net, source.embed, device)
 
-        def step(inputs: torch.Tensor, positions: torch.Tensor, iteration: int):
-            warmup = iteration < warmup_steps
+        def step(inputs: torch.Tensor, positions: torch.Tensor, warmup: bool):
             positions = ctx.gather(positions.to(device))
             with torch.set_grad_enabled(not warmup):
                 embeddings = embed(inputs)
@@ -146,6 +146,7 @@ class TrainingRun:
             on_epoch=on_epoch,
             schedule=self.optim.schedule,
             epoch_metrics=epoch_metrics,
+            warmup_steps=warmup_steps,
         )
 
     def finish(self, history: list[dict[str, float]], **meta: Any) -> TrainResult:

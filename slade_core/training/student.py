@@ -4,7 +4,8 @@ Each step sees a labeled batch followed by a pseudo-labeled batch (both m-per-cl
 minimises the SLADE objective (`slade_core.losses.SladeLoss`).
 - Class ids: labeled classes keep 0..C_l-1 (remapped over split=="train"), cluster c becomes
   C_l + c, so both halves share one label space.
-- Warm-up: for the first basis.warmup_iterations steps only the basis learns.
+- Warm-up: basis.warmup_iterations steps in which only the basis learns come before the
+  joint epochs, so the network trains as many steps as the pseudo-labels-only control.
 - Audit (benchmarks only): `audit_classes` maps unlabeled image ids to their hidden classes;
   the history then reports the precision of pseudo-label and mined pairs against them. The
   method never trains on it.
