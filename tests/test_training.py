@@ -268,10 +268,7 @@ def test_warmup_precedes_the_epochs_and_leaves_the_network_alone(tmp_path):
     plain = _run_numbered(tmp_path / "plain", 0)
     warm = _run_numbered(tmp_path / "warm", 5)
     # 5 warm-up steps on epoch 0's batches (cycled), then every step of the plain run
-    assert [(n, w) for n, w, *_ in warm[:5]] == [(0, True), (1, True), (2, True)] + [
-        (0, True),
-        (1, True),
-    ]
+    assert [(n, w) for n, w, *_ in warm[:5]] == [(n, True) for n in (0, 1, 2, 0, 1)]
     assert [(n, w, lr) for n, w, lr, *_ in warm[5:]] == [(n, w, lr) for n, w, lr, *_ in plain]
     assert all(not w for _, w, *_ in plain) and warm[5][2] == plain[0][2] == pytest.approx(0.1)
     # only the basis learned during warm-up
