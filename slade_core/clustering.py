@@ -5,6 +5,9 @@ pseudo label for the student. k-means can train on a seeded sample and then assi
 point, so it scales to unlabeled sets far larger than what k-means must see: with a
 partitioned embeddings dataset (`slade_core.shards`) the sample is gathered and the points
 assigned one part at a time, so memory is bounded by the sample and one shard.
+`cluster.method = "mutual_neighbors"` labels by mutual nearest neighbours instead
+(`slade_core.mutual_neighbors`): it needs the whole set in memory, and rows it leaves
+without a label are left out of the file.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import torch
 from slade_core.config import ClusterConfig
 from slade_core.embeddings import read_embeddings
 from slade_core.io import atomic_dir, atomic_path
+from slade_core.mutual_neighbors import mutual_neighbor_groups
 from slade_core.shards import dataset_parts, part_name
 
 CENTROIDS = "_centroids.npy"  # beside the parts (a "_" file: Parquet readers skip it)
@@ -159,8 +163,25 @@ def make_pseudo_labels(
         raise ValueError(
             f"no rows with split={split!r} in {embeddings_path}; extract embeddings for that split"
         )
+    assignments, distances, n_labels = cluster_rows(table.embeddings, cfg)
+    kept = assignments >= 0
+    stats = _label_stats(assignments[kept], n_labels, table.labels[kept], int((~kept).sum()))
+    metadata = _pseudo_label_metadata(cfg, n_labels, split, table.metadata)
+    metadata[b"slade.stats"] = json.dumps(stats, sort_keys=True).encode()
+    out = _pseudo_label_table(table.image_ids[kept], assignments[kept], distances[kept], metadata)
+    with atomic_path(out_path) as tmp:
+        pq.write_table(out, tmp)
+    return ClusterResult(path=Path(out_path), stats=stats)
+
+
+def cluster_rows(x: Any, cfg: ClusterConfig) -> tuple[np.ndarray, np.ndarray, int]:
+    """Pseudo labels of the rows of x by `cfg.method`: (int64 label per row, -1 for none;
+    float32 squared L2 distance of the unit row to its label's centre; number of labels)."""
+    if cfg.method == "mutual_neighbors":
+        groups, distances = mutual_neighbor_groups(_unit_rows(x), cfg.neighbors)
+        return groups, distances, int(groups.max()) + 1
     result = spherical_kmeans(
-        table.embeddings,
+        x,
         cfg.k,
         iterations=cfg.iterations,
         seed=cfg.seed,
@@ -168,17 +189,19 @@ def make_pseudo_labels(
         max_points_per_centroid=cfg.max_points_per_centroid,
         train_sample_size=cfg.train_sample_size,
     )
-    stats = cluster_size_stats(result.assignments, cfg.k)
-    labeled = np.asarray(table.labels) >= 0
-    if labeled.any():
-        stats.update(label_agreement(result.assignments[labeled], table.labels[labeled]))
+    return result.assignments, result.distances, cfg.k
 
-    metadata = _pseudo_label_metadata(cfg, split, table.metadata)
-    metadata[b"slade.stats"] = json.dumps(stats, sort_keys=True).encode()
-    out = _pseudo_label_table(table.image_ids, result.assignments, result.distances, metadata)
-    with atomic_path(out_path) as tmp:
-        pq.write_table(out, tmp)
-    return ClusterResult(path=Path(out_path), stats=stats)
+
+def _label_stats(
+    assignments: np.ndarray, n_labels: int, labels: np.ndarray, without_label: int
+) -> dict[str, Any]:
+    """Size stats of the labeled rows, how many rows got no label, and purity/NMI against
+    the rows' real labels where they have one (label >= 0)."""
+    stats = {**cluster_size_stats(assignments, n_labels), "n_without_label": without_label}
+    known = np.asarray(labels) >= 0
+    if known.any():
+        stats.update(label_agreement(assignments[known], np.asarray(labels)[known]))
+    return stats
 
 
 def make_sharded_pseudo_labels(
@@ -198,9 +221,12 @@ def make_sharded_pseudo_labels(
     one after another here by default, or on a cluster (the caller's engine). The centroids
     reach the calls as a file (`_centroids.npy` beside the parts), read once per part. Parts
     carry the columns and metadata of pseudo_labels.parquet; `_common_metadata` adds the stats
-    (known only at the end).
+    (known only at the end). With cluster.method "mutual_neighbors" every part is read into
+    memory at once and labelled in this process (`map_parts` is not used).
     """
     parts = dataset_parts(embeddings_path)
+    if cfg.method == "mutual_neighbors":
+        return _mutual_neighbor_parts(parts, Path(out_dir), cfg, split)
     centroids = sampled_centroids(parts, cfg, split)
     with atomic_dir(out_dir) as tmp:
         np.save(tmp / CENTROIDS, centroids)
@@ -215,16 +241,49 @@ def make_sharded_pseudo_labels(
             for number, part in enumerate(parts)
         ]
         results = (map_parts or _map_in_process)(calls)
-        stats = _size_stats(np.sum([r.sizes for r in results], axis=0))
+        stats = {**_size_stats(np.sum([r.sizes for r in results], axis=0)), "n_without_label": 0}
         clusters = np.concatenate([r.labeled_clusters for r in results])
         if clusters.size:
             stats.update(
                 label_agreement(clusters, np.concatenate([r.labeled_labels for r in results]))
             )
-        schema = pq.read_schema(tmp / part_name(0))
-        stats_meta = {**schema.metadata, b"slade.stats": json.dumps(stats, sort_keys=True).encode()}
-        pq.write_metadata(schema.with_metadata(stats_meta), tmp / "_common_metadata")
+        _write_common_metadata(tmp, stats)
     return ClusterResult(path=Path(out_dir), stats=stats)
+
+
+def _mutual_neighbor_parts(
+    parts: Sequence[Path], out_dir: Path, cfg: ClusterConfig, split: str
+) -> ClusterResult:
+    """The dataset form of `make_pseudo_labels` for a graph method: label every row at once,
+    then write part i with the labeled rows of embeddings part i."""
+    tables = [read_embeddings(part, splits=[split]) for part in parts]
+    if not sum(len(t) for t in tables):
+        raise ValueError(
+            f"no rows with split={split!r} in {parts[0].parent}; extract embeddings for that split"
+        )
+    labels, distances, n_labels = cluster_rows(np.concatenate([t.embeddings for t in tables]), cfg)
+    kept = labels >= 0
+    hidden = np.concatenate([t.labels for t in tables])
+    stats = _label_stats(labels[kept], n_labels, hidden[kept], int((~kept).sum()))
+    bounds = np.cumsum([0, *(len(t) for t in tables)])
+    with atomic_dir(out_dir) as tmp:
+        for number, table in enumerate(tables):
+            rows = slice(bounds[number], bounds[number + 1])
+            keep = kept[rows]
+            metadata = _pseudo_label_metadata(cfg, n_labels, split, table.metadata)
+            out = _pseudo_label_table(
+                table.image_ids[keep], labels[rows][keep], distances[rows][keep], metadata
+            )
+            pq.write_table(out, tmp / part_name(number))
+        _write_common_metadata(tmp, stats)
+    return ClusterResult(path=out_dir, stats=stats)
+
+
+def _write_common_metadata(directory: Path, stats: dict[str, Any]) -> None:
+    """`_common_metadata`: the parts' schema plus the dataset's stats (known only at the end)."""
+    schema = pq.read_schema(directory / part_name(0))
+    stats_meta = {**schema.metadata, b"slade.stats": json.dumps(stats, sort_keys=True).encode()}
+    pq.write_metadata(schema.with_metadata(stats_meta), directory / "_common_metadata")
 
 
 @dataclass(frozen=True)
@@ -277,7 +336,7 @@ def assign_part(
         assignments, distances = assign(_unit_rows(table.embeddings), np.load(centroids))
     else:
         assignments, distances = np.zeros(0, np.int64), np.zeros(0, np.float32)
-    metadata = _pseudo_label_metadata(cfg, split, table.metadata)
+    metadata = _pseudo_label_metadata(cfg, cfg.k, split, table.metadata)
     with atomic_path(out_file) as tmp:
         pq.write_table(_pseudo_label_table(table.image_ids, assignments, distances, metadata), tmp)
     labeled = table.labels >= 0
@@ -309,10 +368,10 @@ def _size_stats(sizes: np.ndarray) -> dict[str, Any]:
 
 
 def _pseudo_label_metadata(
-    cfg: ClusterConfig, split: str, embeddings_meta: dict[str, str]
+    cfg: ClusterConfig, n_labels: int, split: str, embeddings_meta: dict[str, str]
 ) -> dict[bytes, bytes]:
     metadata = {
-        b"slade.k": str(cfg.k).encode(),
+        b"slade.k": str(n_labels).encode(),  # the number of pseudo labels (k for k-means)
         b"slade.seed": str(cfg.seed).encode(),
         b"slade.split": split.encode(),
         b"slade.config": cfg.model_dump_json().encode(),

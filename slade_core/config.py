@@ -208,8 +208,18 @@ class StudentConfig(StrictModel):
 
 
 class ClusterConfig(StrictModel):
-    """Spherical FAISS k-means over L2-normalised unlabeled embeddings."""
+    """How the unlabeled embeddings become pseudo labels (`slade_core.clustering`).
 
+    method: "kmeans" (the paper's): spherical FAISS k-means, every image gets one of k
+      cluster ids. "mutual_neighbors": two images are linked when each is among the other's
+      `neighbors` nearest (cosine), a pseudo label is a connected component of those links,
+      and an image with no mutual neighbour gets none (the student leaves it out). Fewer
+      labels, far fewer wrong same-label pairs (benchmarks/README.md, round 10). k and the
+      k-means fields apply to "kmeans" only; `neighbors` to "mutual_neighbors" only.
+    """
+
+    method: Literal["kmeans", "mutual_neighbors"] = "kmeans"
+    neighbors: int = Field(2, ge=1)
     k: int = Field(100, ge=2)
     iterations: int = Field(25, ge=1)
     seed: int = 0
