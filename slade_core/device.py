@@ -1,8 +1,9 @@
 """Where and in what precision a stage computes: the torch device and the AMP choice.
 
-Both come from RuntimeConfig and only ever differ from plain fp32 on CUDA, so they live
-together: `resolve_device` picks the device, `Precision` the autocast dtype, the memory
-format and the loss scaling that go with it.
+Both come from RuntimeConfig and differ from plain fp32 on CUDA (on the CPU only with
+runtime.amp_on_cpu: bf16 autocast, no memory-format change), so they live together:
+`resolve_device` picks the device, `Precision` the autocast dtype, the memory format and the
+loss scaling that go with it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 @dataclass(frozen=True)
 class Precision:
-    """AMP and memory-format choices; both only ever apply on CUDA (CPU runs stay fp32)."""
+    """AMP and memory-format choices: on CUDA both apply; a CPU run is fp32 unless
+    runtime.amp_on_cpu asks for bf16 autocast."""
 
     device: torch.device
     dtype: torch.dtype | None = None
@@ -39,7 +41,8 @@ class Precision:
     @classmethod
     def for_runtime(cls, runtime: RuntimeConfig, device: torch.device) -> Precision:
         if device.type != "cuda":
-            return cls(device)
+            bf16 = runtime.amp and runtime.amp_on_cpu and device.type == "cpu"
+            return cls(device, torch.bfloat16 if bf16 else None)
         dtype = None
         if runtime.amp:
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

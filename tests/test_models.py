@@ -12,8 +12,8 @@ from PIL import Image
 
 from slade_core import weights
 from slade_core.checkpoints import save_checkpoint
-from slade_core.config import ModelConfig
-from slade_core.device import resolve_device
+from slade_core.config import ModelConfig, RuntimeConfig
+from slade_core.device import Precision, resolve_device
 from slade_core.images import build_transform, load_rgb
 from slade_core.models import create_model, load_model
 from slade_core.weights import lite0_package_file, load_lite0_package_weights
@@ -133,6 +133,19 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="no CUDA"):
             resolve_device("cuda")
+
+
+def test_cpu_runs_stay_fp32_unless_amp_on_cpu_asks_for_bf16():
+    cpu = torch.device("cpu")
+    assert Precision.for_runtime(RuntimeConfig(), cpu).dtype is None
+    assert Precision.for_runtime(RuntimeConfig(amp=False, amp_on_cpu=True), cpu).dtype is None
+    bf16 = Precision.for_runtime(RuntimeConfig(amp_on_cpu=True), cpu)
+    assert bf16.dtype == torch.bfloat16 and not bf16.channels_last
+    assert not bf16.grad_scaler().is_enabled()  # bf16 needs no loss scaling
+    model = create_model(_spec(trainable_blocks=-1))
+    with bf16.autocast():
+        features = model.trunk.forward_features(_images())
+    assert features.dtype == torch.bfloat16  # the network really ran in bf16
 
 
 def test_lite0_package_mapping_covers_every_trunk_tensor():

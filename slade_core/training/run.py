@@ -86,7 +86,9 @@ class TrainingRun:
         self.config = {
             "model": model.model_dump(mode="json"),
             stage: stage_config.model_dump(mode="json"),
-            "runtime": runtime.model_dump(mode="json", include={"seed", "cached_views", "amp"}),
+            "runtime": runtime.model_dump(
+                mode="json", include={"seed", "cached_views", "amp", "amp_on_cpu"}
+            ),
         }
         self.config_hash = stable_hash({**self.config, **inputs})
         self.ctx = distributed.current()
