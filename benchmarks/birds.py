@@ -283,12 +283,18 @@ def holdout_index(
 
 
 def warm_prefix_cache(
-    spec: ModelConfig, index_path: Path, runtime: RuntimeConfig, views: int, unlabeled: bool
+    spec: ModelConfig,
+    index_path: Path,
+    runtime: RuntimeConfig,
+    views: int,
+    unlabeled: bool,
+    anchored: bool = False,
 ):
     """Compute every cached prefix file the rows will read (eval view of the test rows,
     `views` train views of the train rows, and with `unlabeled` the same for the unlabeled
-    rows); return seconds. With the whole trunk trained (-1) there is no prefix: the trunk
-    row's pooled features of the test rows are cached instead."""
+    rows, plus the train rows' eval view when `anchored` k-means embeds them); return
+    seconds. With the whole trunk trained (-1) there is no prefix: the trunk row's pooled
+    features of the test rows are cached instead."""
     start = time.perf_counter()
     splits = ("train", "unlabeled") if unlabeled else ("train",)
     if TrunkMode.of(spec).whole:
@@ -296,6 +302,7 @@ def warm_prefix_cache(
         jobs = [(None, "test")]
     else:
         jobs = [(None, "test")] + [(None, "unlabeled")] * unlabeled
+        jobs += [(None, "train")] * (unlabeled and anchored)
         jobs += [(v, s) for v in range(views) for s in splits]
     model = create_model(spec)
     for view, split in jobs:
@@ -482,8 +489,9 @@ def run_seed(
     def pseudo_labels(checkpoint: Path, name: str) -> Path:
         nonlocal pl_seconds
         start = time.perf_counter()
+        splits = ["unlabeled"] if config.cluster.anchors == "none" else ["train", "unlabeled"]
         unlabeled = extract_embeddings(
-            checkpoint, index_path, out / name / "unlabeled.parquet", ["unlabeled"], runtime
+            checkpoint, index_path, out / name / "unlabeled.parquet", splits, runtime
         )
         cluster = config.cluster.model_copy(update={"seed": seed})
         pseudo = make_pseudo_labels(unlabeled.path, out / name / "pseudo_labels.parquet", cluster)
@@ -693,7 +701,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         config.runtime.cached_views, max(config.teacher.optim.epochs, config.student.optim.epochs)
     )
     cache_seconds = warm_prefix_cache(
-        config.model, index_path, config.runtime, views, bool(rows & STUDENT_ROW_GROUPS)
+        config.model,
+        index_path,
+        config.runtime,
+        views,
+        bool(rows & STUDENT_ROW_GROUPS),
+        anchored=config.cluster.anchors != "none",
     )
     print(f"trunk feature cache ready ({cache_seconds:.1f}s, {views} train views)", flush=True)
 

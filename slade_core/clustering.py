@@ -55,17 +55,21 @@ def spherical_kmeans(
     n_init: int = 1,
     max_points_per_centroid: int = 256,
     train_sample_size: int | None = None,
+    anchors: np.ndarray | None = None,
 ) -> KMeansResult:
     """Cluster the L2-normalised rows of x into k groups; repeatable for a given seed.
 
     With train_sample_size, centroids are trained on that many seeded random rows and all rows
     are then assigned. FAISS also subsamples to k * max_points_per_centroid rows on its own.
-    n_init runs keep the best objective.
+    n_init runs keep the best objective. `anchors` (unit rows [a, d]) are held fixed as the
+    first a centroids; only the other k - a move.
     """
     x = _unit_rows(x)
     rows = sample_rows(len(x), k, seed, train_sample_size)
     train = x if rows is None else x[rows]
-    centroids = train_centroids(train, k, iterations, seed, n_init, max_points_per_centroid)
+    centroids = train_centroids(
+        train, k, iterations, seed, n_init, max_points_per_centroid, anchors
+    )
     assignments, distances = assign(x, centroids)
     return KMeansResult(assignments=assignments, distances=distances, centroids=centroids)
 
@@ -93,8 +97,15 @@ def train_centroids(
     seed: int,
     n_init: int,
     max_points_per_centroid: int,
+    anchors: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Unit-norm float32 [k, d] centroids of spherical FAISS k-means on unit rows."""
+    """Unit-norm float32 [k, d] centroids of spherical FAISS k-means on unit rows; the
+    `anchors`, if any, are the first centroids and stay where they are."""
+    if anchors is not None and len(anchors) >= k:
+        raise ValueError(
+            f"cluster.k={k} leaves no free cluster beside the {len(anchors)} anchored classes; "
+            f"raise cluster.k above {len(anchors)}"
+        )
     kmeans = faiss.Kmeans(
         train.shape[1],
         k,
@@ -104,9 +115,10 @@ def train_centroids(
         spherical=True,
         max_points_per_centroid=max_points_per_centroid,
         min_points_per_centroid=1,  # small unlabeled sets are fine; skip FAISS's warning
+        frozen_centroids=anchors is not None,  # FAISS keeps the given initial centroids fixed
         verbose=False,
     )
-    kmeans.train(train)
+    kmeans.train(train, init_centroids=anchors)
     return np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
 
 
@@ -163,7 +175,8 @@ def make_pseudo_labels(
         raise ValueError(
             f"no rows with split={split!r} in {embeddings_path}; extract embeddings for that split"
         )
-    assignments, distances, n_labels = cluster_rows(table.embeddings, cfg)
+    anchors = labeled_class_means(embeddings_path, cfg)
+    assignments, distances, n_labels = cluster_rows(table.embeddings, cfg, anchors)
     kept = assignments >= 0
     stats = _label_stats(assignments[kept], n_labels, table.labels[kept], int((~kept).sum()))
     metadata = _pseudo_label_metadata(cfg, n_labels, split, table.metadata)
@@ -174,9 +187,12 @@ def make_pseudo_labels(
     return ClusterResult(path=Path(out_path), stats=stats)
 
 
-def cluster_rows(x: Any, cfg: ClusterConfig) -> tuple[np.ndarray, np.ndarray, int]:
+def cluster_rows(
+    x: Any, cfg: ClusterConfig, anchors: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, int]:
     """Pseudo labels of the rows of x by `cfg.method`: (int64 label per row, -1 for none;
-    float32 squared L2 distance of the unit row to its label's centre; number of labels)."""
+    float32 squared L2 distance of the unit row to its label's centre; number of labels).
+    k-means holds `anchors` (see `labeled_class_means`) fixed as clusters 0..a-1."""
     if cfg.method == "mutual_neighbors":
         groups, distances = mutual_neighbor_groups(_unit_rows(x), cfg.neighbors)
         return groups, distances, int(groups.max()) + 1
@@ -188,8 +204,28 @@ def cluster_rows(x: Any, cfg: ClusterConfig) -> tuple[np.ndarray, np.ndarray, in
         n_init=cfg.n_init,
         max_points_per_centroid=cfg.max_points_per_centroid,
         train_sample_size=cfg.train_sample_size,
+        anchors=anchors,
     )
     return result.assignments, result.distances, cfg.k
+
+
+def labeled_class_means(embeddings_path: str | Path, cfg: ClusterConfig) -> np.ndarray | None:
+    """The anchors `cluster.anchors` asks for: with "labeled_classes", the unit mean direction
+    of each labeled class (split "train" rows of the embeddings, in label order); else None."""
+    if cfg.anchors == "none":
+        return None
+    table = read_embeddings(embeddings_path, splits=["train"])
+    if len(table.image_ids) == 0:
+        raise ValueError(
+            f"cluster.anchors={cfg.anchors!r} needs the labeled (split 'train') rows in "
+            f"{embeddings_path}; extract embeddings for the train split too, or set "
+            "cluster.anchors: none"
+        )
+    x = _unit_rows(table.embeddings)
+    classes, inverse = np.unique(table.labels, return_inverse=True)
+    sums = np.zeros((len(classes), x.shape[1]), dtype=np.float64)
+    np.add.at(sums, inverse, x)
+    return (sums / np.linalg.norm(sums, axis=1, keepdims=True)).astype(np.float32)
 
 
 def _label_stats(
@@ -227,7 +263,7 @@ def make_sharded_pseudo_labels(
     parts = dataset_parts(embeddings_path)
     if cfg.method == "mutual_neighbors":
         return _mutual_neighbor_parts(parts, Path(out_dir), cfg, split)
-    centroids = sampled_centroids(parts, cfg, split)
+    centroids = sampled_centroids(parts, cfg, split, labeled_class_means(embeddings_path, cfg))
     with atomic_dir(out_dir) as tmp:
         np.save(tmp / CENTROIDS, centroids)
         calls = [
@@ -298,8 +334,11 @@ class PartLabels:
 PartMapper = Callable[[list[dict[str, Any]]], list[PartLabels]]
 
 
-def sampled_centroids(parts: Sequence[Path], cfg: ClusterConfig, split: str) -> np.ndarray:
-    """k-means centroids trained on the seeded sample of the `split` rows, read part by part."""
+def sampled_centroids(
+    parts: Sequence[Path], cfg: ClusterConfig, split: str, anchors: np.ndarray | None = None
+) -> np.ndarray:
+    """k-means centroids trained on the seeded sample of the `split` rows, read part by part
+    (`anchors` held fixed as the first centroids)."""
     counts = [_split_rows(p, split) for p in parts]
     n = sum(counts)
     if n == 0:
@@ -316,7 +355,7 @@ def sampled_centroids(parts: Sequence[Path], cfg: ClusterConfig, split: str) -> 
             train.append(x if local is None else x[local])
     return train_centroids(
         np.concatenate(train), cfg.k, cfg.iterations, cfg.seed, cfg.n_init,
-        cfg.max_points_per_centroid,
+        cfg.max_points_per_centroid, anchors,
     )  # fmt: skip
 
 

@@ -222,16 +222,30 @@ class ClusterConfig(StrictModel):
       and an image with no mutual neighbour gets none (the student leaves it out). Fewer
       labels, far fewer wrong same-label pairs (benchmarks/README.md, round 10). k and the
       k-means fields apply to "kmeans" only; `neighbors` to "mutual_neighbors" only.
+    anchors: "labeled_classes" holds one k-means centroid fixed at each labeled class's mean
+      direction (the teacher's embeddings of the train split), so unlabeled images of a
+      labeled class can gather under it while the other k - C centroids move (seeded
+      k-means); "none" (the paper's) trains all k.
     """
 
     method: Literal["kmeans", "mutual_neighbors"] = "kmeans"
     neighbors: int = Field(2, ge=1)
+    anchors: Literal["none", "labeled_classes"] = "none"
     k: int = Field(100, ge=2)
     iterations: int = Field(25, ge=1)
     seed: int = 0
     n_init: int = Field(1, ge=1)
     max_points_per_centroid: int = Field(256, ge=1)
     train_sample_size: int | None = Field(None, ge=2)
+
+    @model_validator(mode="after")
+    def _anchors_need_kmeans(self) -> ClusterConfig:
+        if self.anchors != "none" and self.method != "kmeans":
+            raise ValueError(
+                f"cluster.anchors={self.anchors!r} anchors k-means centroids; it needs "
+                f"cluster.method='kmeans' (got {self.method!r})"
+            )
+        return self
 
 
 class ShardConfig(StrictModel):

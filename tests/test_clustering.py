@@ -138,3 +138,47 @@ def test_make_pseudo_labels_writes_contract_schema(tmp_path):
 
     with pytest.raises(ValueError, match="no rows with split='test'"):
         make_pseudo_labels(tmp_path / "emb.parquet", tmp_path / "pl3.parquet", cfg, "test")
+
+
+def test_anchors_stay_fixed_as_the_first_centroids_and_gather_their_points():
+    x, truth = blobs(n=300, k=3, spread=0.05, seed=5)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    anchors = np.stack([unit[truth == c].mean(0) for c in (2, 0)])
+    anchors /= np.linalg.norm(anchors, axis=1, keepdims=True)
+    result = spherical_kmeans(x, 4, iterations=10, seed=1, anchors=anchors)
+    np.testing.assert_allclose(result.centroids[:2], anchors, atol=1e-5)
+    assert (result.assignments[truth == 2] == 0).all()  # blob 2 gathers under anchor 0
+    assert (result.assignments[truth == 0] == 1).all()
+    assert (result.assignments[truth == 1] >= 2).all()  # the free centroids take the rest
+    with pytest.raises(ValueError, match="raise cluster.k above 2"):
+        spherical_kmeans(x, 2, anchors=anchors)
+
+
+def test_pseudo_labels_anchored_at_the_labeled_classes(tmp_path):
+    x, truth = blobs(n=200, k=5, spread=0.05, seed=6)
+    # blobs 0-3 are labeled classes 10-13 (some of their rows labeled), blob 4 is novel
+    labeled = (np.arange(200) < 80) & (truth < 4)
+    x = np.concatenate([x[labeled], x[~labeled]])
+    truth = np.concatenate([truth[labeled], truth[~labeled]])
+    n = int(labeled.sum())
+    splits = ["train"] * n + ["unlabeled"] * (200 - n)
+    labels = [10 + int(t) for t in truth[:n]] + [-1] * (200 - n)
+    write_embeddings(tmp_path / "emb.parquet", x, splits, labels)
+    cfg = ClusterConfig(k=10, iterations=10, anchors="labeled_classes")
+    result = make_pseudo_labels(tmp_path / "emb.parquet", tmp_path / "pl.parquet", cfg)
+    clusters = pq.read_table(result.path).column("cluster").to_numpy()
+    unlabeled = truth[n:]
+    # class 10 + c is anchor c (labels in order): it takes only blob c, and most of it
+    for c in range(4):
+        assert set(unlabeled[clusters == c]) == {c}
+        assert (clusters[unlabeled == c] == c).mean() > 0.5
+    assert (clusters[unlabeled == 4] >= 4).all()  # the novel blob goes to free centroids
+
+    write_embeddings(tmp_path / "unl.parquet", x[n:], splits[n:], labels[n:])
+    with pytest.raises(ValueError, match="needs the labeled .split 'train'. rows"):
+        make_pseudo_labels(tmp_path / "unl.parquet", tmp_path / "pl2.parquet", cfg)
+
+
+def test_anchors_need_kmeans():
+    with pytest.raises(ValueError, match="needs cluster.method='kmeans'"):
+        ClusterConfig(method="mutual_neighbors", anchors="labeled_classes")

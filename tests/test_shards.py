@@ -70,19 +70,21 @@ def test_shard_parts_read_back_as_the_single_file_extraction(tmp_path):
     assert read_dataset(dataset, columns=["image_id"]).num_rows == 7
 
 
-def _write_dataset(root, x, rows_per_part, labels=None):
-    """Embeddings `x` as a dataset of parts of `rows_per_part` rows (split unlabeled)."""
+def _write_dataset(root, x, rows_per_part, labels=None, splits=None):
+    """Embeddings `x` as a dataset of parts of `rows_per_part` rows (split unlabeled unless
+    `splits` says otherwise)."""
     schema = embeddings_schema(x.shape[1], "m")
     root.mkdir(parents=True)
     n = len(x)
     labels = np.full(n, -1) if labels is None else labels
+    splits = ["unlabeled"] * n if splits is None else splits
     for number, start in enumerate(range(0, n, rows_per_part)):
         stop = min(start + rows_per_part, n)
         values = pa.array(x[start:stop].reshape(-1), pa.float32())
         table = pa.Table.from_arrays(
             [
                 pa.array([f"img{i:04d}" for i in range(start, stop)], pa.string()),
-                pa.array(["unlabeled"] * (stop - start), pa.string()),
+                pa.array(splits[start:stop], pa.string()),
                 pa.array(labels[start:stop], pa.int64()),
                 pa.FixedSizeListArray.from_arrays(values, x.shape[1]),
             ],
@@ -117,6 +119,27 @@ def test_sharded_pseudo_labels_equal_todays_on_the_same_rows(tmp_path, sample):
     meta = pq.read_schema(sharded.path / "_common_metadata").metadata
     assert json.loads(meta[b"slade.stats"]) == today.stats
     assert got.schema.metadata[b"slade.k"] == b"5" and got.schema.metadata[b"slade.model"] == b"m"
+
+
+def test_sharded_anchored_pseudo_labels_equal_todays(tmp_path):
+    x, truth = blobs(n=500, k=5, spread=0.2, seed=3)
+    splits = ["train" if i % 5 == 0 else "unlabeled" for i in range(500)]
+    labels = np.where(np.arange(500) % 5 == 0, truth, -1)
+    dataset = _write_dataset(tmp_path / "embeddings.parquet", x, 64, labels, splits)
+    single = _write_dataset(tmp_path / "single", x, 500, labels, splits) / "part-00000.parquet"
+    cfg = ClusterConfig(k=8, iterations=10, seed=2, anchors="labeled_classes")
+
+    today = make_pseudo_labels(single, tmp_path / "today.parquet", cfg)
+    sharded = make_sharded_pseudo_labels(dataset, tmp_path / "pseudo_labels.parquet", cfg)
+
+    expected, got = pq.read_table(today.path), read_dataset(sharded.path)
+    assert got.num_rows == 400  # the unlabeled rows only
+    assert got.column("cluster").to_pylist() == expected.column("cluster").to_pylist()
+    centroids = np.load(sharded.path / "_centroids.npy")
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    means = np.stack([unit[(labels == c)].mean(0) for c in range(5)])
+    means /= np.linalg.norm(means, axis=1, keepdims=True)
+    np.testing.assert_allclose(centroids[:5], means, atol=1e-5)  # the anchors, unmoved
 
 
 def test_assignment_calls_run_anywhere_and_give_the_same_labels(tmp_path):
