@@ -60,6 +60,7 @@ from slade_core.io import write_json
 from slade_core.losses import RANKING_LOSSES
 from slade_core.metrics import retrieval_metrics
 from slade_core.models import create_model
+from slade_core.shards import select_rows
 from slade_core.training import train_student, train_teacher
 from slade_core.training.data import read_split
 from slade_core.training.loop import build_optimizer, build_scheduler, seed_everything
@@ -292,21 +293,21 @@ def warm_prefix_cache(
 ):
     """Compute every cached prefix file the rows will read (eval view of the test rows,
     `views` train views of the train rows, and with `unlabeled` the same for the unlabeled
-    rows, plus the train rows' eval view when `anchored` k-means embeds them); return
-    seconds. With the whole trunk trained (-1) there is no prefix: the trunk row's pooled
-    features of the test rows are cached instead."""
+    rows, whose eval view is cached for the rows k-means embeds: the train rows with them
+    when `anchored`); return seconds. With the whole trunk trained (-1) there is no prefix:
+    the trunk row's pooled features of the test rows are cached instead."""
     start = time.perf_counter()
     splits = ("train", "unlabeled") if unlabeled else ("train",)
+    embedded = ["train", "unlabeled"] if anchored else ["unlabeled"]  # extract_embeddings'
     if TrunkMode.of(spec).whole:
         spec = spec.with_frozen_trunk()
-        jobs = [(None, "test")]
+        jobs = [(None, ["test"])]
     else:
-        jobs = [(None, "test")] + [(None, "unlabeled")] * unlabeled
-        jobs += [(None, "train")] * (unlabeled and anchored)
-        jobs += [(v, s) for v in range(views) for s in splits]
+        jobs = [(None, ["test"])] + [(None, embedded)] * unlabeled
+        jobs += [(v, [s]) for v in range(views) for s in splits]
     model = create_model(spec)
-    for view, split in jobs:
-        prefix_feature_file(model, read_split(index_path, split), view, runtime)
+    for view, names in jobs:
+        prefix_feature_file(model, select_rows(index_path, names), view, runtime)
     return time.perf_counter() - start
 
 
