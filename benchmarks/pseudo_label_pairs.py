@@ -1,0 +1,82 @@
+"""Offline: how right are the pseudo labels of each `cluster.method`, as pairs?
+
+Reads one seed's teacher from a finished `birds.py` run (its unlabeled embeddings and the
+index) and trains nothing. For spherical k-means at several k, k-means anchored at the
+labeled classes (when the run embedded the train rows, i.e. ran with cluster.anchors) and
+mutual nearest neighbours at several `neighbors` (the library's `cluster_rows`, so exactly
+what the student would get) it prints the share of same-label pairs that are same-species
+pairs (precision), the share of same-species pairs that got one label (recall), and how
+many images got a label at all.
+
+    .venv/bin/python benchmarks/pseudo_label_pairs.py .slade/bench-birds/full 0 \
+        [--data benchmarks/presets/birds_scarce.yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from birds import hidden_species  # noqa: E402
+
+from slade_core.clustering import cluster_rows, labeled_class_means  # noqa: E402
+from slade_core.config import ClusterConfig  # noqa: E402
+from slade_core.data.preset import load_data_preset  # noqa: E402
+from slade_core.embeddings import read_embeddings  # noqa: E402
+
+SETTINGS = [
+    *({"k": k, "seed": 0} for k in (200, 400, 800, 1200)),
+    {"k": 400, "seed": 0, "anchors": "labeled_classes"},
+    *({"method": "mutual_neighbors", "neighbors": n} for n in (1, 2, 3, 5)),
+]
+
+
+def pairs(counts: np.ndarray) -> int:
+    """Unordered pairs within groups of these sizes."""
+    counts = counts.astype(np.int64)
+    return int((counts * (counts - 1) // 2).sum())
+
+
+def pair_scores(labels: np.ndarray, species: np.ndarray) -> tuple[float, float]:
+    """(precision, recall) of same-label pairs against same-species pairs; label -1 is none."""
+    kept = labels >= 0
+    _, sp = np.unique(species, return_inverse=True)
+    joint = np.unique(labels[kept] * (sp.max() + 1) + sp[kept], return_counts=True)[1]
+    hits = pairs(joint)
+    return hits / max(1, pairs(np.bincount(labels[kept]))), hits / max(1, pairs(np.bincount(sp)))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run", type=Path, help="a birds.py protocol directory, e.g. <work>/full")
+    p.add_argument("seed", type=int)
+    p.add_argument("--data", default="birds_offline", help="the preset the run used")
+    args = p.parse_args()
+
+    index_path = args.run / "data" / "index.parquet"
+    species_of = hidden_species(index_path, load_data_preset(args.data).filter)
+    embeddings = args.run / f"seed{args.seed}" / "teacher" / "unlabeled.parquet"
+    unlabeled = read_embeddings(embeddings, splits=["unlabeled"])
+    has_train = len(read_embeddings(embeddings, splits=["train"]))
+    species = np.array([species_of[i] for i in unlabeled.image_ids])
+    print(f"{len(species)} unlabeled images of {len(np.unique(species))} hidden species")
+    print("| pseudo labels | pair precision | pair recall | images with a label | labels |")
+    print("|---|---:|---:|---:|---:|")
+    for setting in SETTINGS:
+        cfg = ClusterConfig(**setting)
+        if cfg.anchors != "none" and not has_train:
+            continue
+        anchors = labeled_class_means(embeddings, cfg)
+        labels, _, n_labels = cluster_rows(unlabeled.embeddings, cfg, anchors)
+        precision, recall = pair_scores(labels, species)
+        name = f"k-means k={cfg.k}" if cfg.method == "kmeans" else f"mutual {cfg.neighbors}-NN"
+        name += ", anchored" if anchors is not None else ""
+        print(f"| {name} | {precision:.3f} | {recall:.3f} | {(labels >= 0).sum()} | {n_labels} |")
+
+
+if __name__ == "__main__":
+    main()
