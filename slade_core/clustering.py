@@ -211,7 +211,8 @@ def cluster_rows(
 
 def labeled_class_means(embeddings_path: str | Path, cfg: ClusterConfig) -> np.ndarray | None:
     """The anchors `cluster.anchors` asks for: with "labeled_classes", the unit mean direction
-    of each labeled class (split "train" rows of the embeddings, in label order); else None."""
+    of each labeled class (split "train" rows of the embeddings, in label order); else None.
+    Reads every train row at once: the labeled set, usually far smaller than the unlabeled."""
     if cfg.anchors == "none":
         return None
     table = read_embeddings(embeddings_path, splits=["train"])
@@ -299,8 +300,8 @@ def _mutual_neighbor_parts(
         )
     labels, distances, n_labels = cluster_rows(np.concatenate([t.embeddings for t in tables]), cfg)
     kept = labels >= 0
-    hidden = np.concatenate([t.labels for t in tables])
-    stats = _label_stats(labels[kept], n_labels, hidden[kept], int((~kept).sum()))
+    real_labels = np.concatenate([t.labels for t in tables])
+    stats = _label_stats(labels[kept], n_labels, real_labels[kept], int((~kept).sum()))
     bounds = np.cumsum([0, *(len(t) for t in tables)])
     with atomic_dir(out_dir) as tmp:
         for number, table in enumerate(tables):

@@ -220,12 +220,14 @@ class ClusterConfig(StrictModel):
       cluster ids. "mutual_neighbors": two images are linked when each is among the other's
       `neighbors` nearest (cosine), a pseudo label is a connected component of those links,
       and an image with no mutual neighbour gets none (the student leaves it out). Fewer
-      labels, far fewer wrong same-label pairs (benchmarks/README.md, round 10). k and the
-      k-means fields apply to "kmeans" only; `neighbors` to "mutual_neighbors" only.
+      labels and far fewer wrong same-label pairs, but no better students on the bird
+      benchmark (benchmarks/README.md, round 10). k and the k-means fields apply to
+      "kmeans" only; `neighbors` to "mutual_neighbors" only.
     anchors: "labeled_classes" holds one k-means centroid fixed at each labeled class's mean
       direction (the teacher's embeddings of the train split), so unlabeled images of a
       labeled class can gather under it while the other k - C centroids move (seeded
-      k-means); "none" (the paper's) trains all k.
+      k-means; better on the bird validation classes, not on the test classes: round 10);
+      "none" (the paper's) trains all k.
     """
 
     method: Literal["kmeans", "mutual_neighbors"] = "kmeans"
