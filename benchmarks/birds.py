@@ -51,7 +51,7 @@ from slade_core.data.filtering import FilterSettings
 from slade_core.data.manifest import SubsetRules
 from slade_core.data.names import NameMatcher
 from slade_core.data.prepare import prepare_data
-from slade_core.device import resolve_device
+from slade_core.device import Precision, cpu_has_native_bf16, resolve_device
 from slade_core.embeddings import extract_embeddings, extract_trunk_features, read_embeddings
 from slade_core.experiment import load_experiment
 from slade_core.features import cached_prefix_features, prefix_feature_file
@@ -226,8 +226,8 @@ def check_data_root(root: Path) -> Path:
     return root
 
 
-def machine_description(device: torch.device) -> str:
-    """platform, CPU model, cores, torch version and device, in one line."""
+def machine_description(device: torch.device, runtime: RuntimeConfig) -> str:
+    """platform, CPU model, cores, torch version, device and training precision, one line."""
     cpu = platform.processor() or "unknown CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -238,9 +238,13 @@ def machine_description(device: torch.device) -> str:
         pass
     cores = usable_cpus()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    dtype = Precision.for_runtime(runtime, device).dtype
+    precision = "fp32" if dtype is None else f"{str(dtype).removeprefix('torch.')} autocast"
+    if device.type == "cpu" and dtype == torch.bfloat16:
+        precision += " (native)" if cpu_has_native_bf16() else " (emulated: slow)"
     return (
         f"{platform.platform()}, {cpu}, {cores} cores, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), device {name}"
+        f"({torch.get_num_threads()} threads), device {name}, training {precision}"
     )
 
 
@@ -681,7 +685,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     seeds = 1 if args.quick else args.seeds
     work = args.work_dir / ("quick" if args.quick else "full")
     device = resolve_device(config.runtime.device)
-    machine = machine_description(device)
+    machine = machine_description(device, config.runtime)
     print(f"machine: {machine}", flush=True)
 
     start = time.perf_counter()

@@ -9,12 +9,15 @@ loss scaling that go with it.
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from slade_core.config import RuntimeConfig
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -27,6 +30,17 @@ def resolve_device(name: str = "auto") -> torch.device:
             f"runtime.device={name!r} but no CUDA device is visible; use 'auto' or 'cpu'"
         )
     return device
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively on this CPU (AVX512-BF16 or AMX); elsewhere bf16
+    autocast is emulated and slower than fp32."""
+    try:
+        return bool(
+            torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        )
+    except (AttributeError, RuntimeError):  # a build without oneDNN's check
+        return False
 
 
 @dataclass(frozen=True)
@@ -42,6 +56,11 @@ class Precision:
     def for_runtime(cls, runtime: RuntimeConfig, device: torch.device) -> Precision:
         if device.type != "cuda":
             bf16 = runtime.amp and runtime.amp_on_cpu and device.type == "cpu"
+            if bf16 and not cpu_has_native_bf16():
+                log.warning(
+                    "runtime.amp_on_cpu: this CPU has no native bf16, so autocast is emulated "
+                    "and likely slower than fp32; set runtime.amp_on_cpu=false"
+                )
             return cls(device, torch.bfloat16 if bf16 else None)
         dtype = None
         if runtime.amp:

@@ -148,6 +148,15 @@ def test_cpu_runs_stay_fp32_unless_amp_on_cpu_asks_for_bf16():
     assert features.dtype == torch.bfloat16  # the network really ran in bf16
 
 
+def test_amp_on_cpu_without_native_bf16_warns_and_still_does_what_it_says(monkeypatch, caplog):
+    from slade_core import device
+
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)
+    precision = Precision.for_runtime(RuntimeConfig(amp_on_cpu=True), torch.device("cpu"))
+    assert precision.dtype == torch.bfloat16
+    assert "no native bf16" in caplog.text and "amp_on_cpu=false" in caplog.text
+
+
 def test_lite0_package_mapping_covers_every_trunk_tensor():
     model = create_model(_spec(backbone="tf_efficientnet_lite0", weights="lite0-package"))
     assert model.normalization() == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
