@@ -99,8 +99,9 @@ class RuntimeConfig(StrictModel):
     amp: mixed precision for training on CUDA (bf16 where supported, else fp16 with loss
       scaling). amp_on_cpu: bf16 autocast for training on the CPU too. It pays on CPUs with
       native bf16 (AVX512-BF16 or AMX; on an AMD EPYC 1.6x per cached-map student step, 1.3x
-      per bird-benchmark row), not on others, and it moves results by about 0.1 MAP@R, so
-      it is off by default. Embedding and evaluation stay fp32 either way.
+      per bird-benchmark row, 3-seed paired differences within 0.03 of fp32) and is slower
+      elsewhere (a warning says so), so the library leaves it off; the birds_offline preset
+      turns it on. Embedding and evaluation stay fp32 either way.
     nnodes > 1 spreads it over that many machines, each running `processes` processes and
     meeting at rdzv_endpoint (host:port of one of them, c10d rendezvous).
     num_workers: DataLoader workers per process; "auto" sizes them to the machine the stage
