@@ -23,6 +23,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from birds import hidden_species  # noqa: E402
+from pseudo_label_pairs import pair_scores  # noqa: E402
 
 from slade_core.clustering import spherical_kmeans  # noqa: E402
 from slade_core.config import RuntimeConfig  # noqa: E402
@@ -32,15 +33,6 @@ from slade_core.embeddings import extract_embeddings, read_embeddings  # noqa: E
 
 def unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-
-def pair_scores(assign: np.ndarray, species: np.ndarray) -> tuple[float, float]:
-    """(precision, recall) of same-cluster pairs against same-species pairs."""
-    off = ~np.eye(len(assign), dtype=bool)
-    same_cluster = (assign[:, None] == assign[None, :]) & off
-    same_species = (species[:, None] == species[None, :]) & off
-    hits = (same_cluster & same_species).sum()
-    return hits / max(1, same_cluster.sum()), hits / max(1, same_species.sum())
 
 
 def seeded_kmeans(x: np.ndarray, anchors: np.ndarray, free: int, seed: int, iterations: int = 25):

@@ -42,6 +42,7 @@ import torch
 from slade_core.checkpoints import save_checkpoint
 from slade_core.clustering import label_agreement, make_pseudo_labels
 from slade_core.config import (
+    ClusterConfig,
     ModelConfig,
     PipelineConfig,
     RuntimeConfig,
@@ -287,27 +288,32 @@ def holdout_index(
     return out_path
 
 
+def clustered_splits(cluster: ClusterConfig) -> list[str]:
+    """The splits k-means embeds: the unlabeled rows, and the train rows whose class means
+    anchor it when cluster.anchors is on."""
+    return ["unlabeled"] if cluster.anchors == "none" else ["train", "unlabeled"]
+
+
 def warm_prefix_cache(
     spec: ModelConfig,
     index_path: Path,
     runtime: RuntimeConfig,
     views: int,
     unlabeled: bool,
-    anchored: bool = False,
+    embedded: Sequence[str] = ("unlabeled",),
 ):
     """Compute every cached prefix file the rows will read (eval view of the test rows,
     `views` train views of the train rows, and with `unlabeled` the same for the unlabeled
-    rows, whose eval view is cached for the rows k-means embeds: the train rows with them
-    when `anchored`); return seconds. With the whole trunk trained (-1) there is no prefix:
+    rows, whose eval view is cached for the rows k-means embeds, `embedded`); return
+    seconds. With the whole trunk trained (-1) there is no prefix:
     the trunk row's pooled features of the test rows are cached instead."""
     start = time.perf_counter()
     splits = ("train", "unlabeled") if unlabeled else ("train",)
-    embedded = ["train", "unlabeled"] if anchored else ["unlabeled"]  # extract_embeddings'
     if TrunkMode.of(spec).whole:
         spec = spec.with_frozen_trunk()
         jobs = [(None, ["test"])]
     else:
-        jobs = [(None, ["test"])] + [(None, embedded)] * unlabeled
+        jobs = [(None, ["test"])] + [(None, list(embedded))] * unlabeled
         jobs += [(v, [s]) for v in range(views) for s in splits]
     model = create_model(spec)
     for view, names in jobs:
@@ -494,9 +500,12 @@ def run_seed(
     def pseudo_labels(checkpoint: Path, name: str) -> Path:
         nonlocal pl_seconds
         start = time.perf_counter()
-        splits = ["unlabeled"] if config.cluster.anchors == "none" else ["train", "unlabeled"]
         unlabeled = extract_embeddings(
-            checkpoint, index_path, out / name / "unlabeled.parquet", splits, runtime
+            checkpoint,
+            index_path,
+            out / name / "unlabeled.parquet",
+            clustered_splits(config.cluster),
+            runtime,
         )
         cluster = config.cluster.model_copy(update={"seed": seed})
         pseudo = make_pseudo_labels(unlabeled.path, out / name / "pseudo_labels.parquet", cluster)
@@ -711,7 +720,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         config.runtime,
         views,
         bool(rows & STUDENT_ROW_GROUPS),
-        anchored=config.cluster.anchors != "none",
+        clustered_splits(config.cluster),
     )
     print(f"trunk feature cache ready ({cache_seconds:.1f}s, {views} train views)", flush=True)
 

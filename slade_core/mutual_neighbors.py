@@ -56,9 +56,8 @@ def mutual_neighbor_groups(x: np.ndarray, neighbors: int) -> tuple[np.ndarray, n
     sizes = np.bincount(component)
     grouped = sizes[component] > 1
     groups = np.full(n, -1, dtype=np.int64)
-    _, first = np.unique(component[grouped], return_index=True)
+    _, first, inverse = np.unique(component[grouped], return_index=True, return_inverse=True)
     order = np.argsort(np.argsort(first))  # components renumbered by their first row
-    _, inverse = np.unique(component[grouped], return_inverse=True)
     groups[grouped] = order[inverse]
     distances = np.full(n, np.nan, dtype=np.float32)
     if grouped.any():
