@@ -134,7 +134,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--finetune", action="store_true", help="train the whole trunk (slow on CPU)")
     p.add_argument("--epochs", type=int, help="teacher, student and baseline epochs")
     p.add_argument("--image-size", type=int, help="trunk input size (images are 128 px)")
-    p.add_argument("--k", type=int, help="k-means clusters for the pseudo labels")
+    p.add_argument("--k", type=int, help="number of pseudo-label clusters (cluster.k)")
     p.add_argument("--cache-dir", type=Path, default=REPO / ".slade" / "bench-cache")
     p.add_argument("--work-dir", type=Path, default=REPO / ".slade" / "bench-birds")
     p.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")

@@ -9,7 +9,7 @@ pairs (precision), the share of same-species pairs that got one label (recall), 
 many images got a label at all.
 
     .venv/bin/python benchmarks/pseudo_label_pairs.py .slade/bench-birds/full 0 \
-        [--data benchmarks/presets/birds_scarce.yaml]
+        [--data benchmarks/presets/birds_scarce.yaml] [--validation]
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ from slade_core.data.preset import load_data_preset  # noqa: E402
 from slade_core.embeddings import read_embeddings  # noqa: E402
 
 SETTINGS = [
-    *({"k": k, "seed": 0} for k in (200, 400, 800, 1200)),
-    {"k": 400, "seed": 0, "anchors": "labeled_classes"},
+    *({"method": "kmeans", "k": k, "seed": 0} for k in (200, 400, 800, 1200)),
+    {"method": "kmeans", "k": 400, "seed": 0, "anchors": "labeled_classes"},
+    *({"method": "ward", "k": k} for k in (200, 400, 800, 1200)),
     *({"method": "mutual_neighbors", "neighbors": n} for n in (1, 2, 3, 5)),
 ]
 
@@ -55,9 +56,10 @@ def main() -> None:
     p.add_argument("run", type=Path, help="a birds.py protocol directory, e.g. <work>/full")
     p.add_argument("seed", type=int)
     p.add_argument("--data", default="birds_offline", help="the preset the run used")
+    p.add_argument("--validation", action="store_true", help="the run used --validation")
     args = p.parse_args()
 
-    index_path = args.run / "data" / "index.parquet"
+    index_path = args.run / ("validation" if args.validation else "data") / "index.parquet"
     species_of = hidden_species(index_path, load_data_preset(args.data).filter)
     embeddings = args.run / f"seed{args.seed}" / "teacher" / "unlabeled.parquet"
     unlabeled = read_embeddings(embeddings, splits=["unlabeled"])
@@ -73,7 +75,11 @@ def main() -> None:
         anchors = labeled_class_means(embeddings, cfg)
         labels, _, n_labels = cluster_rows(unlabeled.embeddings, cfg, anchors)
         precision, recall = pair_scores(labels, species)
-        name = f"k-means k={cfg.k}" if cfg.method == "kmeans" else f"mutual {cfg.neighbors}-NN"
+        name = {
+            "kmeans": f"k-means k={cfg.k}",
+            "ward": f"Ward k={cfg.k}",
+            "mutual_neighbors": f"mutual {cfg.neighbors}-NN",
+        }[cfg.method]
         name += ", anchored" if anchors is not None else ""
         print(f"| {name} | {precision:.3f} | {recall:.3f} | {(labels >= 0).sum()} | {n_labels} |")
 

@@ -1,11 +1,15 @@
-"""Pseudo labels for the unlabeled set: spherical k-means (FAISS) over teacher embeddings.
+"""Pseudo labels for the unlabeled set: clusters of the teacher's embeddings.
 
-SLADE step 2: the teacher embeds the unlabeled images and each k-means cluster id becomes a
-pseudo label for the student. k-means can train on a seeded sample and then assign every
-point, so it scales to unlabeled sets far larger than what k-means must see: with a
+SLADE step 2: the teacher embeds the unlabeled images and each cluster id becomes a pseudo
+label for the student. Both centre methods fit on a seeded sample and then assign every
+point, so they scale to unlabeled sets far larger than what the fit must see: with a
 partitioned embeddings dataset (`slade_core.shards`) the sample is gathered and the points
 assigned one part at a time, so memory is bounded by the sample and one shard.
-`cluster.method = "mutual_neighbors"` labels by mutual nearest neighbours instead
+`cluster.method = "ward"` (the default) cuts Ward's agglomerative tree of the sample
+(`slade_core.ward`; at most `cluster.ward_max_points` rows) into k groups: the merged rows
+keep their group, the others go to the nearest group centre. "kmeans" (the paper's) is
+spherical FAISS k-means. `cluster.method = "mutual_neighbors"` labels by mutual nearest
+neighbours instead
 (`slade_core.mutual_neighbors`): it needs the whole set in memory, and rows it leaves
 without a label are left out of the file.
 """
@@ -30,6 +34,7 @@ from slade_core.embeddings import read_embeddings
 from slade_core.io import atomic_dir, atomic_path
 from slade_core.mutual_neighbors import mutual_neighbor_groups
 from slade_core.shards import dataset_parts, part_name
+from slade_core.ward import ward_groups
 
 CENTROIDS = "_centroids.npy"  # beside the parts (a "_" file: Parquet readers skip it)
 
@@ -193,20 +198,54 @@ def cluster_rows(
     """Pseudo labels of the rows of x by `cfg.method`: (int64 label per row, -1 for none;
     float32 squared L2 distance of the unit row to its label's centre; number of labels).
     k-means holds `anchors` (see `labeled_class_means`) fixed as clusters 0..a-1."""
+    x = _unit_rows(x)
     if cfg.method == "mutual_neighbors":
-        groups, distances = mutual_neighbor_groups(_unit_rows(x), cfg.neighbors)
+        groups, distances = mutual_neighbor_groups(x, cfg.neighbors)
         return groups, distances, int(groups.max()) + 1
-    result = spherical_kmeans(
-        x,
-        cfg.k,
-        iterations=cfg.iterations,
-        seed=cfg.seed,
-        n_init=cfg.n_init,
-        max_points_per_centroid=cfg.max_points_per_centroid,
-        train_sample_size=cfg.train_sample_size,
-        anchors=anchors,
+    rows = sample_rows(len(x), cfg.k, cfg.seed, fit_sample_size(cfg))
+    fit = fit_centres(x if rows is None else x[rows], cfg, anchors)
+    assignments, distances = assign(x, fit.centroids)
+    if fit.groups is not None:
+        keep_groups(x, assignments, distances, fit, np.arange(len(x)) if rows is None else rows)
+    return assignments, distances, cfg.k
+
+
+def fit_sample_size(cfg: ClusterConfig) -> int | None:
+    """How many seeded rows the centres are fitted on (None: all): cluster.train_sample_size,
+    and for Ward at most cluster.ward_max_points (its memory grows with their square)."""
+    if cfg.method != "ward":
+        return cfg.train_sample_size
+    return min(cfg.train_sample_size or cfg.ward_max_points, cfg.ward_max_points)
+
+
+@dataclass(frozen=True)
+class Fit:
+    """The centres of `cluster.method`, fitted on some rows, and, for Ward, the group of each
+    of those rows (they keep it; k-means' rows simply take their nearest centroid)."""
+
+    centroids: np.ndarray  # float32 [k, d], unit norm
+    groups: np.ndarray | None  # int64 [rows fitted] for Ward, else None
+
+
+def fit_centres(train: np.ndarray, cfg: ClusterConfig, anchors: np.ndarray | None = None) -> Fit:
+    """Fit `cfg.method`'s centres on the unit rows `train` (anchors: fixed k-means centroids)."""
+    if cfg.method == "ward":
+        groups, centres = ward_groups(train, cfg.k)
+        return Fit(centres, groups)
+    centroids = train_centroids(
+        train, cfg.k, cfg.iterations, cfg.seed, cfg.n_init, cfg.max_points_per_centroid, anchors
     )
-    return result.assignments, result.distances, cfg.k
+    return Fit(centroids, None)
+
+
+def keep_groups(
+    x: np.ndarray, assignments: np.ndarray, distances: np.ndarray, fit: Fit, rows: np.ndarray
+) -> None:
+    """Give the fitted `rows` of x (unit) their own group back, in place, with the squared
+    L2 distance to that group's centre."""
+    groups = np.asarray(fit.groups, dtype=np.int64)
+    assignments[rows] = groups
+    distances[rows] = np.maximum(2.0 - 2.0 * (x[rows] * fit.centroids[groups]).sum(axis=1), 0.0)
 
 
 def labeled_class_means(embeddings_path: str | Path, cfg: ClusterConfig) -> np.ndarray | None:
@@ -264,9 +303,9 @@ def make_sharded_pseudo_labels(
     parts = dataset_parts(embeddings_path)
     if cfg.method == "mutual_neighbors":
         return _mutual_neighbor_parts(parts, Path(out_dir), cfg, split)
-    centroids = sampled_centroids(parts, cfg, split, labeled_class_means(embeddings_path, cfg))
+    fit, kept = sampled_centres(parts, cfg, split, labeled_class_means(embeddings_path, cfg))
     with atomic_dir(out_dir) as tmp:
-        np.save(tmp / CENTROIDS, centroids)
+        np.save(tmp / CENTROIDS, fit.centroids)
         calls = [
             {
                 "part": str(part),
@@ -274,6 +313,7 @@ def make_sharded_pseudo_labels(
                 "out_file": str(tmp / part_name(number)),
                 "cfg": cfg,
                 "split": split,
+                **({"kept": kept[number]} if kept else {}),
             }
             for number, part in enumerate(parts)
         ]
@@ -335,29 +375,39 @@ class PartLabels:
 PartMapper = Callable[[list[dict[str, Any]]], list[PartLabels]]
 
 
-def sampled_centroids(
+def sampled_centres(
     parts: Sequence[Path], cfg: ClusterConfig, split: str, anchors: np.ndarray | None = None
-) -> np.ndarray:
-    """k-means centroids trained on the seeded sample of the `split` rows, read part by part
-    (`anchors` held fixed as the first centroids)."""
+) -> tuple[Fit, list[tuple[list[int], list[int]]]]:
+    """The centres of `cfg.method` fitted on the seeded sample of the `split` rows, read part
+    by part (`anchors` held fixed as the first k-means centroids), and for Ward, per part,
+    (row numbers within the part's split rows, their groups) of the fitted rows: they keep
+    their group (`assign_part`'s `kept`). The list is empty for k-means."""
     counts = [_split_rows(p, split) for p in parts]
     n = sum(counts)
     if n == 0:
         raise ValueError(
             f"no rows with split={split!r} in {parts[0].parent}; extract embeddings for that split"
         )
-    rows = sample_rows(n, cfg.k, cfg.seed, cfg.train_sample_size)
-    train, offset = [], 0
+    rows = sample_rows(n, cfg.k, cfg.seed, fit_sample_size(cfg))
+    train, local_rows, offset = [], [], 0
     for part, count in zip(parts, counts, strict=True):
-        local = None if rows is None else rows[(rows >= offset) & (rows < offset + count)] - offset
+        local = (
+            np.arange(count)
+            if rows is None
+            else rows[(rows >= offset) & (rows < offset + count)] - offset
+        )
         offset += count
-        if count and (local is None or local.size):
-            x = _unit_rows(read_embeddings(part, splits=[split]).embeddings)
-            train.append(x if local is None else x[local])
-    return train_centroids(
-        np.concatenate(train), cfg.k, cfg.iterations, cfg.seed, cfg.n_init,
-        cfg.max_points_per_centroid, anchors,
-    )  # fmt: skip
+        local_rows.append(local)
+        if local.size:
+            train.append(_unit_rows(read_embeddings(part, splits=[split]).embeddings)[local])
+    fit = fit_centres(np.concatenate(train), cfg, anchors)
+    if fit.groups is None:
+        return fit, []
+    bounds = np.cumsum([0, *(len(local) for local in local_rows)])
+    return fit, [
+        (local.tolist(), fit.groups[start:stop].tolist())
+        for local, start, stop in zip(local_rows, bounds[:-1], bounds[1:], strict=True)
+    ]
 
 
 def assign_part(
@@ -366,14 +416,21 @@ def assign_part(
     out_file: str | Path,
     cfg: ClusterConfig,
     split: str = "unlabeled",
+    kept: tuple[Sequence[int], Sequence[int]] = ((), ()),
 ) -> PartLabels:
     """Label one embeddings part with the nearest of the saved centroids; write it atomically.
+    `kept`: (row numbers within the part's `split` rows, groups) of rows that keep their
+    group instead (the rows Ward merged).
 
     A plain function of files, so any engine can run it where the files are reachable.
     """
     table = read_embeddings(part, splits=[split])
     if len(table):
-        assignments, distances = assign(_unit_rows(table.embeddings), np.load(centroids))
+        x, fitted = _unit_rows(table.embeddings), np.load(centroids)
+        assignments, distances = assign(x, fitted)
+        rows, groups = (np.asarray(v, dtype=np.int64) for v in kept)
+        if rows.size:
+            keep_groups(x, assignments, distances, Fit(fitted, groups), rows)
     else:
         assignments, distances = np.zeros(0, np.int64), np.zeros(0, np.float32)
     metadata = _pseudo_label_metadata(cfg, cfg.k, split, table.metadata)

@@ -217,13 +217,24 @@ class StudentConfig(StrictModel):
 class ClusterConfig(StrictModel):
     """How the unlabeled embeddings become pseudo labels (`slade_core.clustering`).
 
-    method: "kmeans" (the paper's): spherical FAISS k-means, every image gets one of k
-      cluster ids. "mutual_neighbors": two images are linked when each is among the other's
-      `neighbors` nearest (cosine), a pseudo label is a connected component of those links,
-      and an image with no mutual neighbour gets none (the student leaves it out). Fewer
-      labels and far fewer wrong same-label pairs, but no better students on the bird
-      benchmark (benchmarks/README.md, round 10). k and the k-means fields apply to
-      "kmeans" only; `neighbors` to "mutual_neighbors" only.
+    method: "ward" (the default): Ward's agglomerative clustering (each merge joins the two
+      groups whose union adds the least within-group variance) of the L2-normalised rows,
+      cut into k groups; past `ward_max_points` rows it merges a seeded sample and the other
+      rows go to the nearest group centre. It keeps a spread-out class in one group far more
+      often than k-means, and its wrong merges join look-alike classes, so the pseudo labels
+      hold more of the same-class pairs the teacher finds hard: better pair precision and
+      recall, and better students wherever the unlabeled images carry signal (bird and
+      scarce protocols; a little worse on birds_reverse, where even true labels add
+      nothing: benchmarks/README.md, round 11). "kmeans" (the paper's): spherical FAISS k-means,
+      every image gets one of k cluster ids. "mutual_neighbors": two images are linked when
+      each is among the other's `neighbors` nearest (cosine), a pseudo label is a connected
+      component of those links, and an image with no mutual neighbour gets none (the student
+      leaves it out); fewer wrong pairs, no better students (round 10). k applies to "ward"
+      and "kmeans", the other k-means fields to "kmeans" only, `neighbors` to
+      "mutual_neighbors" only.
+    ward_max_points: the most rows Ward merges (a seeded sample beyond it, and
+      train_sample_size if smaller): its time and memory grow with their square (8,192 rows:
+      about 0.5 GB and seconds).
     anchors: "labeled_classes" holds one k-means centroid fixed at each labeled class's mean
       direction (the teacher's embeddings of the train split), so unlabeled images of a
       labeled class can gather under it while the other k - C centroids move (seeded
@@ -231,8 +242,9 @@ class ClusterConfig(StrictModel):
       "none" (the paper's) trains all k.
     """
 
-    method: Literal["kmeans", "mutual_neighbors"] = "kmeans"
+    method: Literal["ward", "kmeans", "mutual_neighbors"] = "ward"
     neighbors: int = Field(2, ge=1)
+    ward_max_points: int = Field(8192, ge=2)
     anchors: Literal["none", "labeled_classes"] = "none"
     k: int = Field(100, ge=2)
     iterations: int = Field(25, ge=1)

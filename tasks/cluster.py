@@ -1,5 +1,6 @@
-"""Stage 4: k-means over the unlabeled embeddings -> pseudo labels, one part per embeddings
-part (the `pseudo_labels.parquet/` dataset); the parts are assigned where the shards run."""
+"""Stage 4: clustering of the unlabeled embeddings (Ward by default, or k-means) -> pseudo
+labels, one part per embeddings part (the `pseudo_labels.parquet/` dataset); the parts are
+assigned where the shards run."""
 
 from __future__ import annotations
 

@@ -81,10 +81,16 @@ def embed_shard(
 
 @task(name="assign_shard", task_run_name="assign-{number}", cache_policy=NO_CACHE)
 def assign_shard(
-    number: int, part: str, centroids: str, out_file: str, cfg: ClusterConfig, split: str
+    number: int,
+    part: str,
+    centroids: str,
+    out_file: str,
+    cfg: ClusterConfig,
+    split: str,
+    kept: tuple[list[int], list[int]] = ([], []),
 ) -> PartLabels:
     """Pseudo labels of embeddings part `number` (`slade_core.clustering.assign_part`)."""
-    return assign_part(part, centroids, out_file, cfg, split)
+    return assign_part(part, centroids, out_file, cfg, split, kept)
 
 
 SHARD_TASKS = {shard_task.name: shard_task for shard_task in (embed_shard, assign_shard)}

@@ -164,7 +164,7 @@ def test_pseudo_labels_anchored_at_the_labeled_classes(tmp_path):
     splits = ["train"] * n + ["unlabeled"] * (200 - n)
     labels = [10 + int(t) for t in truth[:n]] + [-1] * (200 - n)
     write_embeddings(tmp_path / "emb.parquet", x, splits, labels)
-    cfg = ClusterConfig(k=10, iterations=10, anchors="labeled_classes")
+    cfg = ClusterConfig(method="kmeans", k=10, iterations=10, anchors="labeled_classes")
     result = make_pseudo_labels(tmp_path / "emb.parquet", tmp_path / "pl.parquet", cfg)
     clusters = pq.read_table(result.path).column("cluster").to_numpy()
     unlabeled = truth[n:]

@@ -81,7 +81,7 @@ def test_pseudo_label_file_leaves_out_rows_without_a_label(tmp_path):
 
 def test_kmeans_labels_every_row(tmp_path):
     write_embeddings(tmp_path / "emb.parquet", on_circle(ANGLES), ["unlabeled"] * 6, [-1] * 6)
-    cfg = ClusterConfig(k=2, iterations=5)
+    cfg = ClusterConfig(method="kmeans", k=2, iterations=5)
     stats = make_pseudo_labels(tmp_path / "emb.parquet", tmp_path / "pl.parquet", cfg).stats
     assert stats["n_points"] == 6 and stats["n_without_label"] == 0
 

@@ -94,14 +94,16 @@ def _write_dataset(root, x, rows_per_part, labels=None, splits=None):
     return root
 
 
-@pytest.mark.parametrize("sample", [None, 120])
-def test_sharded_pseudo_labels_equal_todays_on_the_same_rows(tmp_path, sample):
+@pytest.mark.parametrize(
+    ("method", "sample"), [("kmeans", None), ("kmeans", 120), ("ward", None), ("ward", 120)]
+)
+def test_sharded_pseudo_labels_equal_todays_on_the_same_rows(tmp_path, method, sample):
     x, truth = blobs(n=500, k=5, spread=0.2, seed=3)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     labels = np.where(np.arange(500) % 4 == 0, truth, -1)
     dataset = _write_dataset(tmp_path / "embeddings.parquet", x, 64, labels)
     single = _write_dataset(tmp_path / "single", x, 500, labels) / "part-00000.parquet"
-    cfg = ClusterConfig(k=5, iterations=10, seed=2, train_sample_size=sample)
+    cfg = ClusterConfig(method=method, k=5, iterations=10, seed=2, train_sample_size=sample)
 
     today = make_pseudo_labels(single, tmp_path / "today.parquet", cfg)
     sharded = make_sharded_pseudo_labels(dataset, tmp_path / "pseudo_labels.parquet", cfg)
@@ -127,7 +129,7 @@ def test_sharded_anchored_pseudo_labels_equal_todays(tmp_path):
     labels = np.where(np.arange(500) % 5 == 0, truth, -1)
     dataset = _write_dataset(tmp_path / "embeddings.parquet", x, 64, labels, splits)
     single = _write_dataset(tmp_path / "single", x, 500, labels, splits) / "part-00000.parquet"
-    cfg = ClusterConfig(k=8, iterations=10, seed=2, anchors="labeled_classes")
+    cfg = ClusterConfig(method="kmeans", k=8, iterations=10, seed=2, anchors="labeled_classes")
 
     today = make_pseudo_labels(single, tmp_path / "today.parquet", cfg)
     sharded = make_sharded_pseudo_labels(dataset, tmp_path / "pseudo_labels.parquet", cfg)
