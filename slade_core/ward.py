@@ -6,9 +6,8 @@ never a pseudo-positive pair. Ward's rule merges, at every step, the two groups 
 adds the least within-group variance, so a spread-out class tends to stay whole and a wrong
 merge joins neighbouring classes rather than unrelated ones (benchmarks/README.md, round 11).
 
-The merges run on the rows themselves, or on weighted points (a weight counts as that many
-copies of the row). Memory is one dense [m, m] float64 matrix (m = rows merged), so the
-pseudo-label stage merges a seeded sample past `cluster.ward_max_points` rows.
+Memory is one dense [m, m] float64 matrix (m = rows merged), so the pseudo-label stage
+merges a seeded sample past `cluster.ward_max_points` rows.
 """
 
 from __future__ import annotations
@@ -20,14 +19,14 @@ import numpy as np
 
 @dataclass(frozen=True)
 class WardTree:
-    """The merges of a Ward dendrogram over m weighted points, in the order they apply."""
+    """The merges of a Ward dendrogram over m points, in the order they apply."""
 
     left: np.ndarray  # int64 [m - 1] point whose group absorbs the other's
     right: np.ndarray  # int64 [m - 1]
     cost: np.ndarray  # float64 [m - 1] increase of the within-group sum of squares
 
     def cut(self, k: int) -> np.ndarray:
-        """int64 group id (0..k-1, numbered by first point) of each point with k groups left."""
+        """int64 group id (0..k-1) of each point once the first m - k merges are applied."""
         m = len(self.cost) + 1
         if not 1 <= k <= m:
             raise ValueError(f"cannot cut {m} points into k={k} groups")
@@ -45,8 +44,8 @@ class WardTree:
         return np.unique(roots, return_inverse=True)[1].astype(np.int64)
 
 
-def ward_tree(x: np.ndarray, weights: np.ndarray | None = None) -> WardTree:
-    """Ward's dendrogram of the rows of x (weights: how many points each row stands for).
+def ward_tree(x: np.ndarray) -> WardTree:
+    """Ward's dendrogram of the rows of x.
 
     Nearest-neighbour chain with Lance-Williams updates: O(m^2) time and memory. The merge
     cost of groups A, B is |A||B| / (|A| + |B|) * ||mean_A - mean_B||^2; ties go to the lower
@@ -54,18 +53,14 @@ def ward_tree(x: np.ndarray, weights: np.ndarray | None = None) -> WardTree:
     """
     x = np.asarray(x, dtype=np.float64)
     m = len(x)
-    size = np.ones(m) if weights is None else np.asarray(weights, dtype=np.float64).copy()
-    if size.shape != (m,) or (size <= 0).any():
-        raise ValueError("ward_tree: weights must be one positive number per row")
+    size = np.ones(m)  # points per group
     squares = (x * x).sum(axis=1)
     cost = x @ x.T  # built in place: the [m, m] matrix is the memory that counts
     cost *= -2.0
     cost += squares[:, None]
     cost += squares[None, :]
     np.maximum(cost, 0.0, out=cost)
-    cost *= size[:, None]
-    cost *= size[None, :]
-    cost /= np.add.outer(size, size)
+    cost *= 0.5  # |A||B| / (|A| + |B|) of two single points
     np.fill_diagonal(cost, np.inf)
     merges: list[tuple[int, int, float]] = []
     chain: list[int] = []
