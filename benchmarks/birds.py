@@ -289,7 +289,7 @@ def holdout_index(
 
 
 def clustered_splits(cluster: ClusterConfig) -> list[str]:
-    """The splits k-means embeds: the unlabeled rows, and the train rows whose class means
+    """The splits the clustering embeds: the unlabeled rows, and the train rows whose class means
     anchor it when cluster.anchors is on."""
     return ["unlabeled"] if cluster.anchors == "none" else ["train", "unlabeled"]
 
@@ -304,7 +304,7 @@ def warm_prefix_cache(
 ):
     """Compute every cached prefix file the rows will read (eval view of the test rows,
     `views` train views of the train rows, and with `unlabeled` the same for the unlabeled
-    rows, whose eval view is cached for the rows k-means embeds, `embedded`); return
+    rows, whose eval view is cached for the rows the clustering embeds, `embedded`); return
     seconds. With the whole trunk trained (-1) there is no prefix:
     the trunk row's pooled features of the test rows are cached instead."""
     start = time.perf_counter()
