@@ -72,6 +72,26 @@ def class_means(embeddings: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return unit(np.stack([x[labels == c].mean(0) for c in np.unique(labels)]))
 
 
+def half_of_species(
+    embeddings: np.ndarray,
+    species: np.ndarray,
+    candidates: np.ndarray,
+    reference: np.ndarray | None,
+    near: bool = True,
+    seed: int = 0,
+) -> np.ndarray:
+    """Mask of the candidate rows whose species falls in one half of the candidates' species:
+    split at the median of each species mean's best cosine to a reference row (`near`: the
+    upper half, else the rest), or, with no reference, a seeded random half."""
+    names = np.unique(species[candidates])
+    if reference is None:
+        score = np.random.default_rng(seed).random(len(names))
+    else:
+        score = (class_means(embeddings[candidates], species[candidates]) @ reference.T).max(1)
+    upper = score >= np.median(score)
+    return candidates & np.isin(species, names[upper if near else ~upper])
+
+
 class Attribution:
     """One teacher's unlabeled images, their hidden species and the files the variants use."""
 
@@ -106,17 +126,16 @@ class Attribution:
 
     def species_half(self, how: str) -> np.ndarray:
         """Mask of the other-source images whose species is in the chosen half."""
-        other = ~self.labeled_source
-        names = np.unique(self.species[other])
         if how == "random-half":
-            score = np.random.default_rng(0).random(len(names))
-        else:
-            side, reference = how.split("-")
-            means = class_means(self.embeddings[other], self.species[other])
-            score = (means @ self.reference_means(reference).T).max(1)
-            score = score if side == "near" else -score
-        chosen = names[score >= np.median(score)]
-        return other & np.isin(self.species, chosen)
+            return half_of_species(self.embeddings, self.species, ~self.labeled_source, None)
+        side, reference = how.split("-")
+        return half_of_species(
+            self.embeddings,
+            self.species,
+            ~self.labeled_source,
+            self.reference_means(reference),
+            near=side == "near",
+        )
 
     def labels(self, variant: str) -> tuple[np.ndarray, np.ndarray]:
         """(image ids, labels) of one variant."""

@@ -1,0 +1,56 @@
+"""benchmarks/oracle_attribution.py: which species each attribution variant keeps."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "oracle_attribution.py"
+
+
+@pytest.fixture(scope="module")
+def attribution():
+    spec = importlib.util.spec_from_file_location("bench_oracle_attribution", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _rows():
+    """Species 0-1 sit on the reference direction, 2-3 away from it, 4 is labeled-source."""
+    rng = np.random.default_rng(0)
+    directions = np.eye(4)[[0, 0, 1, 2, 0]] + 0.05 * rng.normal(size=(5, 4))
+    species = np.repeat(np.arange(5), 3)
+    embeddings = directions[species] + 0.01 * rng.normal(size=(15, 4))
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    candidates = species != 4
+    return embeddings, species, candidates, np.eye(4)[[0]]
+
+
+def test_near_and_far_halves_split_the_candidate_species_by_the_reference(attribution):
+    embeddings, species, candidates, reference = _rows()
+    near = attribution.half_of_species(embeddings, species, candidates, reference)
+    far = attribution.half_of_species(embeddings, species, candidates, reference, near=False)
+    assert set(species[near]) == {0, 1}
+    assert set(species[far]) == {2, 3}
+    assert not (near & far).any() and ((near | far) == candidates).all()
+
+
+def test_random_half_is_seeded_and_never_takes_labeled_source_rows(attribution):
+    embeddings, species, candidates, _ = _rows()
+    first = attribution.half_of_species(embeddings, species, candidates, None, seed=1)
+    again = attribution.half_of_species(embeddings, species, candidates, None, seed=1)
+    assert (first == again).all()
+    assert len(set(species[first])) == 2 and not first[~candidates].any()
+    # whole species only: a kept species keeps every one of its rows
+    for s in set(species[first]):
+        assert first[species == s].all()
+
+
+def test_unknown_variant_is_a_clear_error(attribution, capsys):
+    with pytest.raises(SystemExit):
+        attribution.main(["run", "0", "oracle,nonsense"])
+    assert "unknown variants ['nonsense']" in capsys.readouterr().err
