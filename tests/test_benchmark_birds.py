@@ -2,29 +2,23 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from benchmark_scripts import BENCHMARKS, load_benchmark
 from PIL import Image
 
 from slade_core.config import ModelConfig, OptimConfig, RuntimeConfig, TeacherConfig
 from slade_core.models import create_model, load_model
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "birds.py"
-
 
 @pytest.fixture(scope="module")
 def birds():
-    spec = importlib.util.spec_from_file_location("bench_birds", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("birds")
 
 
 def test_summary_uses_sample_std_and_single_run_has_zero_std(birds):
@@ -111,7 +105,7 @@ def test_overrides_parse_json_values_and_reject_missing_equals(birds):
 
 def test_data_flag_swaps_only_the_data_section(birds):
     """--data runs birds_offline's settings on another preset's data (the unseen-data check)."""
-    reverse = str(SCRIPT.parent / "presets" / "birds_reverse.yaml")
+    reverse = str(BENCHMARKS / "presets" / "birds_reverse.yaml")
     base = birds.build_config(birds.parse_args(["--set", "cluster.k=123"]))
     swapped = birds.build_config(birds.parse_args(["--data", reverse, "--set", "cluster.k=123"]))
     assert swapped.data.labeled.manifest().name == "birds525"

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "oracle_attribution.py"
+from benchmark_scripts import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def attribution():
-    spec = importlib.util.spec_from_file_location("bench_oracle_attribution", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("oracle_attribution")
 
 
 def _rows():

@@ -3,20 +3,15 @@ every figure and ratio as JSON."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
+from benchmark_scripts import load_benchmark
 
 
 @pytest.mark.timeout(300)
 def test_throughput_benchmark_reports_every_figure(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("bench_throughput", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("throughput")
     out = tmp_path / "throughput.json"
     argv = [
         "--backbone", "test_byobnet", "--image-size", "32", "--batch", "16", "--steps", "1",
