@@ -101,8 +101,7 @@ class Attribution:
         self.index_path = run / ("validation" if validation else "data") / "index.parquet"
         self.dir = run / f"seed{seed}"
         self.teacher = self.dir / "teacher" / "teacher.pt"
-        index = pd.read_parquet(self.index_path)
-        self.index = index
+        self.index = index = pd.read_parquet(self.index_path)
         species = birds.hidden_species(self.index_path, config.data.filter)
         unlabeled = read_embeddings(self.dir / "teacher" / "unlabeled.parquet", ["unlabeled"])
         self.ids = np.asarray(unlabeled.image_ids)
