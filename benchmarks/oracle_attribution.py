@@ -101,6 +101,13 @@ class Attribution:
         self.index_path = run / ("validation" if validation else "data") / "index.parquet"
         self.dir = run / f"seed{seed}"
         self.teacher = self.dir / "teacher" / "teacher.pt"
+        needed = [self.index_path, self.teacher, self.dir / "teacher" / "unlabeled.parquet"]
+        missing = [str(path) for path in needed if not path.exists()]
+        if missing:
+            raise SystemExit(
+                f"missing {', '.join(missing)}: run birds.py with the same --data / --validation "
+                f"and a student row (e.g. --rows teacher,controls) for seed {seed} first"
+            )
         self.index = index = pd.read_parquet(self.index_path)
         species = birds.hidden_species(self.index_path, config.data.filter)
         unlabeled = read_embeddings(self.dir / "teacher" / "unlabeled.parquet", ["unlabeled"])

@@ -47,3 +47,9 @@ def test_unknown_variant_is_a_clear_error(attribution, capsys):
     with pytest.raises(SystemExit):
         attribution.main(["run", "0", "oracle,nonsense"])
     assert "unknown variants ['nonsense']" in capsys.readouterr().err
+
+
+def test_a_run_without_a_teacher_is_a_clear_error(attribution, tmp_path):
+    config = attribution.birds.build_config(attribution.birds.parse_args([]))
+    with pytest.raises(SystemExit, match="run birds.py with the same --data"):
+        attribution.Attribution(tmp_path, 0, config, validation=False)
