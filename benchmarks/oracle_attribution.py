@@ -161,8 +161,8 @@ class Attribution:
             keep = self.species_half(subset)
         return self.ids[keep], labels[keep]
 
-    def run(self, variant: str) -> float:
-        """Train the variant's student; its test MAP@R."""
+    def run(self, variant: str) -> tuple[int, float]:
+        """Train the variant's student: (images it labels, test MAP@R)."""
         ids, labels = self.labels(variant)
         out = self.dir / "attribution" / variant.replace(":", "-")
         out.mkdir(parents=True, exist_ok=True)
@@ -192,7 +192,7 @@ class Attribution:
             audit_classes=self.audit,
         )
         metrics = birds.evaluate_checkpoint(result.checkpoint_path, self.index_path, self.runtime)
-        return metrics["map_at_r"]
+        return len(ids), metrics["map_at_r"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -213,15 +213,14 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["SLADE_DATA_ROOT"] = str(birds.check_data_root(bird_args.data_root))
     config = birds.build_config(bird_args)
     attribution = Attribution(args.run, args.seed, config, bird_args.validation)
-    control = attribution.run("control")
+    _, control = attribution.run("control")
     print(f"control: MAP@R {100 * control:.2f}", flush=True)
     for variant in variants:
         if variant == "control":
             continue
-        ids, _ = attribution.labels(variant)
-        score = attribution.run(variant)
+        images, score = attribution.run(variant)
         print(
-            f"{variant}: {len(ids)} images, MAP@R {100 * score:.2f}, "
+            f"{variant}: {images} images, MAP@R {100 * score:.2f}, "
             f"- control {100 * (score - control):+.2f}",
             flush=True,
         )
