@@ -39,6 +39,15 @@ def test_split_ranges_must_not_overlap_and_sources_need_a_way_in():
                 "split": {"rule": "classes", "train": [0, 5], "test": [5, 9]},
             }
         )
+    with pytest.raises(ManifestError, match=r"train \(0, 5\) and unlabeled \(4, 4\) overlap"):
+        parse_manifest(
+            {
+                "name": "m",
+                "type": "folder",
+                "path": ".",
+                "split": {"rule": "classes", "train": [0, 5], "test": [6, 9], "unlabeled": [4, 4]},
+            }
+        )
     with pytest.raises(ManifestError, match="needs a url or gated"):
         parse_manifest({"name": "m", "type": "cub200", "sources": [{"filename": "a.tgz"}]})
     with pytest.raises(ManifestError, match="relative path"):

@@ -211,6 +211,24 @@ def test_scarce_labels_are_seeded(tmp_path, five_per_class):
     assert any(kept(s, f"s{s}") != kept(0, "a") for s in (1, 2, 3))
 
 
+def test_unlabeled_class_range_hides_every_image_of_those_classes(tmp_path, five_per_class):
+    preset = parse_data_preset(
+        {
+            "labeled": {
+                "dataset": {"name": "birds", "type": "folder", "path": str(five_per_class)},
+                "split": {"rule": "classes", "train": [0, 0], "test": [2, 2], "unlabeled": [1, 1]},
+            },
+        }
+    )
+    result = prepare_data(preset, tmp_path / "o", tmp_path / "d")
+    index = pd.read_parquet(result.index_path)
+    hidden = index[index["split"] == "unlabeled"]
+    assert set(hidden["class_name"]) == {"Cactus_Wren"} and len(hidden) == 5
+    assert (hidden["label"] == -1).all()
+    assert index.groupby("split").size().to_dict() == {"test": 5, "train": 5, "unlabeled": 5}
+    assert sorted(index.loc[index["split"] != "unlabeled", "label"].unique()) == [0, 1]
+
+
 def test_without_scarce_labels_nothing_moves(tmp_path, five_per_class):
     result = prepare_data(_scarce_preset(five_per_class, None, 0), tmp_path / "o", tmp_path / "d")
     assert result.counts["labels_hidden_images"] == 0

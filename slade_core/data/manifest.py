@@ -92,19 +92,29 @@ class _ScarceLabels(Strict):
 
 
 class ClassSplit(_ScarceLabels):
-    """Class-disjoint metric-learning split by class id ranges (inclusive, as in the layout)."""
+    """Class-disjoint metric-learning split by class id ranges (inclusive, as in the layout).
+
+    `unlabeled` (optional) moves every image of its classes into the unlabeled set with their
+    labels hidden: species a team has many images of but never labeled (dense unlabeled
+    species, as NABirds is to CUB-200)."""
 
     rule: Literal["classes"]
     train: tuple[int, int]
     test: tuple[int, int]
+    unlabeled: tuple[int, int] | None = None
 
     @model_validator(mode="after")
     def _ranges(self) -> ClassSplit:
-        for name, (lo, hi) in (("train", self.train), ("test", self.test)):
+        ranges = [("train", self.train), ("test", self.test)]
+        if self.unlabeled is not None:
+            ranges.append(("unlabeled", self.unlabeled))
+        for name, (lo, hi) in ranges:
             if lo > hi:
                 raise ValueError(f"split.{name}: [{lo}, {hi}] is empty (first > last)")
-        if self.train[0] <= self.test[1] and self.test[0] <= self.train[1]:
-            raise ValueError(f"split: train {self.train} and test {self.test} overlap")
+        for i, (name, (lo, hi)) in enumerate(ranges):
+            for other, (olo, ohi) in ranges[i + 1 :]:
+                if lo <= ohi and olo <= hi:
+                    raise ValueError(f"split: {name} {(lo, hi)} and {other} {(olo, ohi)} overlap")
         return self
 
 

@@ -15,18 +15,20 @@ from slade_core.data.manifest import ClassSplit, SplitRule, SubsetRules
 def apply_split(frame: pd.DataFrame, rule: SplitRule, dataset: str) -> tuple[pd.DataFrame, int]:
     """Set `split` by class ranges or keep the layout's own; returns (frame, rows dropped).
 
-    With a class rule, classes outside both ranges are dropped (and counted). With the
-    `source` rule every row must carry a split from the layout.
+    With a class rule, classes outside every range are dropped (and counted); those in its
+    `unlabeled` range become split "unlabeled" (labels hidden by the index's remap). With
+    the `source` rule every row must carry a split from the layout.
     """
     if isinstance(rule, ClassSplit):
         labels = frame["label"]
-        train = labels.between(*rule.train)
-        test = labels.between(*rule.test)
-        out = frame.assign(
-            split=pd.Series("", index=frame.index).mask(train, "train").mask(test, "test")
-        )
-        kept = out[train | test].reset_index(drop=True)
-        for name, part in (("train", train), ("test", test)):
+        parts = {"train": labels.between(*rule.train), "test": labels.between(*rule.test)}
+        if rule.unlabeled is not None:
+            parts["unlabeled"] = labels.between(*rule.unlabeled)
+        split = pd.Series("", index=frame.index)
+        for name, part in parts.items():
+            split = split.mask(part, name)
+        kept = frame.assign(split=split)[split != ""].reset_index(drop=True)
+        for name, part in parts.items():
             if not part.any():
                 raise DataError(
                     f"dataset {dataset!r}: no image has a class id in split.{name} "
