@@ -45,8 +45,9 @@ def tracked_markdown() -> list[Path]:
     return sorted(p for p in files if p.is_file())
 
 
-def prose(text: str) -> str:
-    """The text outside fenced code blocks and inline code spans (links there are code)."""
+def prose(text: str, inline_code: bool = False) -> str:
+    """The text outside fenced code blocks, and outside inline code spans unless
+    `inline_code` (a link in code is code; a heading keeps its code's text in its anchor)."""
     lines, fence = [], None
     for line in text.splitlines():
         match = FENCE.match(line)
@@ -58,7 +59,7 @@ def prose(text: str) -> str:
                 fence = None
             lines.append("")
         else:
-            lines.append(re.sub(r"(`+)(?:(?!\1).)+?\1", "", line))
+            lines.append(line if inline_code else re.sub(r"(`+)(?:(?!\1).)+?\1", "", line))
     return "\n".join(lines)
 
 
@@ -75,7 +76,7 @@ def slug(heading: str) -> str:
 def anchors(path: Path) -> frozenset[str]:
     seen: dict[str, int] = {}
     out = set()
-    for line in prose(path.read_text(encoding="utf-8")).splitlines():
+    for line in prose(path.read_text(encoding="utf-8"), inline_code=True).splitlines():
         match = HEADING.match(line)
         if not match:
             continue
@@ -141,3 +142,5 @@ def test_the_checker_catches_dead_links(tmp_path: Path) -> None:
     assert links(sample) == ["x.md"]
     assert slug("Team stack: PostgreSQL, S3, `make team`") == "team-stack-postgresql-s3-make-team"
     assert slug("birds.py: the bird protocol") == "birdspy-the-bird-protocol"
+    sample.write_text("# Two stages (`blocks = 2`)\n```\n# not a heading\n```\n", encoding="utf-8")
+    assert anchors(sample) == {"two-stages-blocks--2"}
