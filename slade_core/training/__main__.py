@@ -1,9 +1,12 @@
-"""Train the teacher or the student as a process, so a stage can launch it under torchrun:
+"""Train the teacher, the student or its control as a process, so a stage can launch it
+under torchrun:
 
     torchrun --nproc_per_node=4 -m slade_core.training teacher \\
         --index index.parquet --config config.json --out DIR
     torchrun --nproc_per_node=4 -m slade_core.training student --index index.parquet \\
         --pseudo-labels pseudo_labels.parquet --teacher teacher.pt --config config.json --out DIR
+
+(`control` takes the student's arguments and reads the "student" section.)
 
 config.json is a PipelineConfig dump, or any subset of its sections ("model", "runtime",
 "teacher"/"student"); absent sections take their defaults. Rank 0 writes the outputs of
@@ -29,7 +32,9 @@ from slade_core.config import (
     StudentConfig,
     TeacherConfig,
 )
+from slade_core.training.control import train_control
 from slade_core.training.distributed import from_env, process_group
+from slade_core.training.launch import CONFIG_SECTIONS
 from slade_core.training.student import train_student
 from slade_core.training.teacher import train_teacher
 
@@ -42,12 +47,14 @@ def _parser() -> argparse.ArgumentParser:
     stages = parser.add_subparsers(dest="stage", required=True)
     teacher = stages.add_parser("teacher", help="train the teacher on split=='train'")
     student = stages.add_parser("student", help="train the student with pseudo labels")
-    for sub in (teacher, student):
+    control = stages.add_parser("control", help="the student's steps on labeled data only")
+    for sub in (teacher, student, control):
         sub.add_argument("--index", type=Path, required=True, help="index.parquet")
         sub.add_argument("--config", type=Path, required=True, help="PipelineConfig JSON")
         sub.add_argument("--out", type=Path, required=True, help="output directory")
-    student.add_argument("--pseudo-labels", type=Path, required=True, help="pseudo_labels.parquet")
-    student.add_argument("--teacher", type=Path, required=True, help="teacher checkpoint")
+    for sub in (student, control):
+        sub.add_argument("--pseudo-labels", type=Path, required=True, help="pseudo_labels.parquet")
+        sub.add_argument("--teacher", type=Path, required=True, help="teacher checkpoint")
     return parser
 
 
@@ -62,11 +69,12 @@ def _read_config(path: Path, stage: str) -> tuple[ModelConfig, RuntimeConfig, An
             f"unknown sections {sorted(unknown)}; expected PipelineConfig fields such as "
             "'model', 'runtime', 'teacher', 'student'"
         )
-    kind = TeacherConfig if stage == "teacher" else StudentConfig
+    section = CONFIG_SECTIONS[stage]
+    kind = TeacherConfig if section == "teacher" else StudentConfig
     return (
         ModelConfig.model_validate(raw.get("model", {})),
         RuntimeConfig.model_validate(raw.get("runtime", {})),
-        kind.model_validate(raw.get(stage, {})),
+        kind.model_validate(raw.get(section, {})),
     )
 
 
@@ -90,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.index, model, stage_config, runtime, args.out, on_epoch=_report_epoch
             )
         else:
-            result = train_student(
+            train = train_student if args.stage == "student" else train_control
+            result = train(
                 args.index, args.pseudo_labels, args.teacher, model, stage_config, runtime,
                 args.out, on_epoch=_report_epoch,
             )  # fmt: skip

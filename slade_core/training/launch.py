@@ -1,14 +1,15 @@
 """Run a training stage in `runtime.processes` torchrun processes (DDP), from any caller.
 
-`launch_teacher` / `launch_student` take the same arguments as `train_teacher` /
-`train_student` and return the same `TrainResult`, so a caller (the Prefect stage) picks one
-or the other by `needs_torchrun(runtime)`. With `runtime.nnodes > 1` each machine calls
-the launcher with the same inputs and config; torchrun's c10d rendezvous at
-`runtime.rdzv_endpoint` joins them, and the node that gets rank 0 writes the outputs into
-the (shared) output directory. They start `python -m slade_core.training` under
-torchrun, relay its per-epoch JSON lines to `on_epoch`, and turn a failed run into an error
-carrying the end of the ranks' stderr (kept in `out_dir/<stage>_launch.log`). A killed
-launch resumes like an in-process run: rank 0 keeps `resume.pt` in `out_dir`.
+`launch_teacher` / `launch_student` / `launch_control` take the same arguments as
+`train_teacher` / `train_student` / `train_control` and return the same `TrainResult`, so a
+caller (the Prefect stage) picks one or the other by `needs_torchrun(runtime)`. With
+`runtime.nnodes > 1` each machine calls the launcher with the same inputs and config;
+torchrun's c10d rendezvous at `runtime.rdzv_endpoint` joins them, and the node that gets
+rank 0 writes the outputs into the (shared) output directory. They start
+`python -m slade_core.training` under torchrun, relay its per-epoch JSON lines to
+`on_epoch`, and turn a failed run into an error carrying the end of the ranks' stderr
+(kept in `out_dir/<stage>_launch.log`). A killed launch resumes like an in-process run:
+rank 0 keeps `resume.pt` in `out_dir`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from slade_core.config import ModelConfig, RuntimeConfig, StudentConfig, Teacher
 from slade_core.io import stable_hash, write_json
 from slade_core.training.loop import EpochCallback, TrainResult
 
+# the PipelineConfig section each stage reads its settings from (the control: the student's)
+CONFIG_SECTIONS = {"teacher": "teacher", "student": "student", "control": "student"}
 _RAISED = re.compile(r"\[rank\d+\]: [\w.]*(Error|Exception|Interrupt)\b")
 
 
@@ -47,7 +50,7 @@ def _launch(
     on_epoch: EpochCallback | None,
 ) -> TrainResult:
     out_dir.mkdir(parents=True, exist_ok=True)
-    sections = {"model": model, "runtime": runtime, stage: stage_config}
+    sections = {"model": model, "runtime": runtime, CONFIG_SECTIONS[stage]: stage_config}
     config = write_json(
         out_dir / f"{stage}_launch.json",
         {name: section.model_dump(mode="json") for name, section in sections.items()},
@@ -155,3 +158,22 @@ def launch_student(
         "--teacher", str(teacher_checkpoint),
     ]  # fmt: skip
     return _launch("student", arguments, model, student, runtime, Path(out_dir), on_epoch)
+
+
+def launch_control(
+    index_path: str | os.PathLike,
+    pseudo_labels_path: str | os.PathLike,
+    teacher_checkpoint: str | os.PathLike,
+    model: ModelConfig,
+    student: StudentConfig,
+    runtime: RuntimeConfig,
+    out_dir: str | os.PathLike,
+    on_epoch: EpochCallback | None = None,
+) -> TrainResult:
+    """`train_control` in runtime.processes torchrun processes."""
+    arguments = [
+        "--index", str(index_path),
+        "--pseudo-labels", str(pseudo_labels_path),
+        "--teacher", str(teacher_checkpoint),
+    ]  # fmt: skip
+    return _launch("control", arguments, model, student, runtime, Path(out_dir), on_epoch)

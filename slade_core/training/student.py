@@ -70,6 +70,35 @@ def _dense(values: np.ndarray) -> tuple[np.ndarray, int]:
     return inverse.astype(np.int64), len(uniq)
 
 
+def student_epoch_length(student: StudentConfig, labeled_rows: int, pseudo_rows: int) -> int:
+    """Steps per epoch of the student and of its control: optim.iterations_per_epoch, else
+    enough for the larger half (labeled or pseudo-labeled rows) to be drawn once."""
+    return student.optim.iterations_per_epoch or max(
+        1, labeled_rows // student.labeled_batch_size, pseudo_rows // student.unlabeled_batch_size
+    )
+
+
+def labeled_sampler(
+    labels: np.ndarray, student: StudentConfig, seed: int, iterations: int
+) -> MPerClassBatchSampler:
+    """The labeled half's batches (stream 0): the student and its control draw the same."""
+    return MPerClassBatchSampler(
+        labels, student.m_per_class, student.labeled_batch_size, seed, iterations, stream=0
+    )
+
+
+def starting_weights(
+    model: ModelConfig, student: StudentConfig, teacher_checkpoint: str | os.PathLike
+) -> ModelConfig | None:
+    """The network spec the student (and its control) start from: the teacher's checkpoint
+    with student.init_from_teacher, else None (the model's own weights)."""
+    if not student.init_from_teacher:
+        return None
+    return ModelConfig.model_validate(
+        {**model.model_dump(), "weights": "checkpoint", "checkpoint_path": teacher_checkpoint}
+    )
+
+
 def train_student(
     index_path: str | os.PathLike,
     pseudo_labels_path: str | os.PathLike,
@@ -91,24 +120,18 @@ def train_student(
     labels, n_classes = _dense(labeled["label"].to_numpy(np.int64))
     pseudo, n_clusters = _dense(unlabeled["cluster"].to_numpy(np.int64))
     all_labels = np.concatenate([labels, pseudo + n_classes])
+    start = starting_weights(model, student, teacher_checkpoint)
     inputs = [index_path, pseudo_labels_path]
-    start = None
-    if student.init_from_teacher:
+    if start is not None:
         inputs.append(teacher_checkpoint)
-        start = ModelConfig.model_validate(
-            {**model.model_dump(), "weights": "checkpoint", "checkpoint_path": teacher_checkpoint}
-        )
     digests = {"inputs": [file_digest(p) for p in inputs]}
     run = TrainingRun("student", model, student, runtime, out_dir, digests, start=start)
     device = run.device
     lbs, ubs = student.labeled_batch_size, student.unlabeled_batch_size
-    iterations = student.optim.iterations_per_epoch or max(
-        1, len(labeled) // lbs, len(unlabeled) // ubs
-    )
-    m = student.m_per_class
+    iterations = student_epoch_length(student, len(labeled), len(unlabeled))
     sampler = JointBatchSampler(
-        MPerClassBatchSampler(labels, m, lbs, runtime.seed, iterations, stream=0),
-        MPerClassBatchSampler(pseudo, m, ubs, runtime.seed, iterations, stream=1),
+        labeled_sampler(labels, student, runtime.seed, iterations),
+        MPerClassBatchSampler(pseudo, student.m_per_class, ubs, runtime.seed, iterations, stream=1),
         unlabeled_offset=len(labeled),
     )
     label_tensor = torch.tensor(all_labels, device=device)
