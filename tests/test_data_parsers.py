@@ -230,8 +230,8 @@ def test_folder_and_csv(tmp_path):
         ("a_class/0.png", 3, "", "train"),
         ("b_class/0.png", 4, "", "unlabeled"),
     ]
-    (tmp_path / "imgs" / "list.csv").write_text("path,label,split\na_class/0.png,x,train\n")
-    with pytest.raises(DataError, match="non-integer labels"):
+    (tmp_path / "imgs" / "list.csv").write_text("path,label,split\na_class/0.png,x,banana\n")
+    with pytest.raises(DataError, match="split values"):
         parse_dataset(manifest, tmp_path / "imgs")
 
 

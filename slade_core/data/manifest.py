@@ -85,26 +85,41 @@ class Source(Strict):
 class _ScarceLabels(Strict):
     """Scarce labels (either split rule): keep `labeled_per_class` images of every training
     class labeled and move the rest into the unlabeled set with their labels hidden, as a
-    team that labeled only a few images per class has it. Seeded; None keeps every label."""
+    team that labeled only a few images per class has it. None keeps every label. `seed`
+    seeds every random draw of the split (this one, and the test classes by fraction)."""
 
     labeled_per_class: int | None = Field(None, ge=1)
     seed: int = 0
 
 
 class ClassSplit(_ScarceLabels):
-    """Class-disjoint metric-learning split by class id ranges (inclusive, as in the layout).
-
-    `unlabeled` (optional) moves every image of its classes into the unlabeled set with their
-    labels hidden: species a team has many images of but never labeled (dense unlabeled
-    species, as NABirds is to CUB-200)."""
+    """Class-disjoint metric-learning split: by class id ranges (inclusive, as in the layout),
+    or by fraction (`test_fraction` of the classes, a draw with `seed`, are test classes; the
+    rest train). Ranges suit official layouts; a fraction suits class names, whose ids follow
+    sorted names. `unlabeled` (an id range, with ranges) moves every image of its classes into
+    the unlabeled set with their labels hidden: species a team has many images of but never
+    labeled (dense unlabeled species, as NABirds is to CUB-200)."""
 
     rule: Literal["classes"]
-    train: tuple[int, int]
-    test: tuple[int, int]
+    train: tuple[int, int] | None = None
+    test: tuple[int, int] | None = None
+    test_fraction: float | None = Field(None, gt=0, lt=1)
     unlabeled: tuple[int, int] | None = None
 
     @model_validator(mode="after")
-    def _ranges(self) -> ClassSplit:
+    def _ranges_or_fraction(self) -> ClassSplit:
+        ranges = self.train is not None or self.test is not None
+        if ranges == (self.test_fraction is not None):
+            raise ValueError(
+                "split: give either id ranges (train: [first, last], test: [first, last]) "
+                "or test_fraction (e.g. 0.5, with seed), not both or neither"
+            )
+        if self.test_fraction is not None:
+            if self.unlabeled is not None:
+                raise ValueError("split.unlabeled is an id range: use it with train/test ranges")
+            return self
+        if self.train is None or self.test is None:
+            raise ValueError("split: id ranges need both train and test")
         ranges = [("train", self.train), ("test", self.test)]
         if self.unlabeled is not None:
             ranges.append(("unlabeled", self.unlabeled))

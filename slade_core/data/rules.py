@@ -13,22 +13,25 @@ from slade_core.data.manifest import ClassSplit, SplitRule, SubsetRules
 
 
 def apply_split(frame: pd.DataFrame, rule: SplitRule, dataset: str) -> tuple[pd.DataFrame, int]:
-    """Set `split` by class ranges or keep the layout's own; returns (frame, rows dropped).
+    """Set `split` by class ranges or fraction, or keep the layout's own; returns (frame, rows
+    dropped).
 
-    With a class rule, classes outside every range are dropped (and counted); those in its
-    `unlabeled` range become split "unlabeled" (labels hidden by the index's remap). With
-    the `source` rule every row must carry a split from the layout.
+    With class ranges, classes outside every range are dropped (and counted); those in the
+    `unlabeled` range become split "unlabeled" (labels hidden by the index's remap). With the
+    `source` rule every row must carry a split from the layout.
     """
     if isinstance(rule, ClassSplit):
         labels = frame["label"]
-        parts = {"train": labels.between(*rule.train), "test": labels.between(*rule.test)}
-        if rule.unlabeled is not None:
-            parts["unlabeled"] = labels.between(*rule.unlabeled)
-        split = pd.Series("", index=frame.index)
-        for name, part in parts.items():
-            split = split.mask(part, name)
-        kept = frame.assign(split=split)[split != ""].reset_index(drop=True)
-        for name, part in parts.items():
+        if rule.test_fraction is not None:
+            test_ids = draw_test_classes(labels, rule.test_fraction, rule.seed, dataset)
+            train, test = ~labels.isin(test_ids) & (labels >= 0), labels.isin(test_ids)
+        else:
+            train, test = labels.between(*rule.train), labels.between(*rule.test)
+        hidden = labels.between(*rule.unlabeled) if rule.unlabeled else labels.isin([])
+        split = pd.Series("", index=frame.index).mask(train, "train").mask(test, "test")
+        out = frame.assign(split=split.mask(hidden, "unlabeled"))
+        kept = out[train | test | hidden].reset_index(drop=True)
+        for name, part in (("train", train), ("test", test)):
             if not part.any():
                 raise DataError(
                     f"dataset {dataset!r}: no image has a class id in split.{name} "
@@ -42,6 +45,21 @@ def apply_split(frame: pd.DataFrame, rule: SplitRule, dataset: str) -> tuple[pd.
             "add a split column (train/test/query/gallery/unlabeled) or use rule: classes"
         )
     return frame, 0
+
+
+def draw_test_classes(labels: pd.Series, fraction: float, seed: int, dataset: str) -> list[int]:
+    """round(fraction x classes) class ids, a seeded draw that does not depend on row order;
+    at least one class on each side."""
+    classes = np.unique(labels[labels >= 0])
+    count = round(fraction * len(classes))
+    if not 1 <= count < len(classes):
+        raise DataError(
+            f"dataset {dataset!r}: split.test_fraction {fraction} of {len(classes)} classes "
+            f"gives {count} test classes; train and test need at least one class each "
+            "(change the fraction or add classes)"
+        )
+    draw = np.random.default_rng(seed).permutation(len(classes))[:count]
+    return sorted(classes[draw].tolist())
 
 
 def apply_subset(frame: pd.DataFrame, rules: SubsetRules) -> tuple[pd.DataFrame, dict[str, Any]]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from slade_core.data.manifest import DatasetManifest
+from slade_core.data.manifest import CsvManifest, DatasetManifest
 from slade_core.data.parsers.cars import parse_cars196
 from slade_core.data.parsers.compcars import parse_compcars
 from slade_core.data.parsers.cub import parse_cub200
@@ -30,6 +30,11 @@ PARSERS: dict[str, Callable[[Any, Path], pd.DataFrame]] = {
 }
 
 
-def parse_dataset(manifest: DatasetManifest, root: Path) -> pd.DataFrame:
-    """Read the dataset's layout at `root` into the parsed-frame shape (see parsers.common)."""
+def parse_dataset(manifest: DatasetManifest, root: Path, labeled: bool = False) -> pd.DataFrame:
+    """Read the dataset's layout at `root` into the parsed-frame shape (see parsers.common).
+
+    `labeled`: the preset's labeled dataset. Only a CSV can lack labels, so only its reader
+    needs to know (it then requires the label column)."""
+    if isinstance(manifest, CsvManifest):
+        return parse_csv(manifest, root, labeled)
     return PARSERS[manifest.type](manifest, root)

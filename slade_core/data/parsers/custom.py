@@ -5,6 +5,7 @@ The generated quickstart set is indexed through the CSV reader too.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 import pandas as pd
@@ -37,29 +38,49 @@ def parse_folder(manifest: FolderManifest, root: Path) -> pd.DataFrame:
     return make_frame(rows)
 
 
-def parse_csv(manifest: CsvManifest, root: Path) -> pd.DataFrame:
+def parse_csv(manifest: CsvManifest, root: Path, labeled: bool = False) -> pd.DataFrame:
     path = resolve_path(manifest.path)
-    return read_index_csv(path / "index.csv" if path.is_dir() else path, root, manifest.name)
+    csv = path / "index.csv" if path.is_dir() else path
+    return read_index_csv(csv, root, manifest.name, labeled)
 
 
 def parse_synthetic(manifest: SyntheticManifest, root: Path) -> pd.DataFrame:
     return read_index_csv(root / "index.csv", root, manifest.name)
 
 
-def read_index_csv(path: Path, images_root: Path, dataset: str) -> pd.DataFrame:
-    """Read path,label[,class_name][,split]; image paths relative to `images_root`."""
+def read_index_csv(
+    path: Path, images_root: Path, dataset: str, labeled: bool = False
+) -> pd.DataFrame:
+    """Read path,label[,class_name][,split]; image paths relative to `images_root`.
+
+    Labels are class ids when every one is an integer (-1: unlabeled), else class names:
+    ids then follow sorted names (as folder names do) and the name is the class_name. A
+    `labeled` dataset must have a label column.
+    """
     table = pd.read_csv(require(path, dataset), dtype=str, keep_default_na=False)
-    if "path" not in table.columns:
+    needed = ["path", "label"] if labeled else ["path"]
+    missing = [c for c in needed if c not in table.columns]
+    if missing:
+        close = {
+            c: difflib.get_close_matches(c, list(table.columns), n=1, cutoff=0.6) for c in missing
+        }
+        hints = "".join(f"; is {m[0]!r} the {c!r} column?" for c, m in close.items() if m)
         raise DataError(
-            f"dataset {dataset!r}: {path} has columns {list(table.columns)}; it needs 'path' "
-            "(and 'label' for labeled data, optionally 'class_name' and 'split')"
+            f"dataset {dataset!r}: {path} has columns {list(table.columns)} but needs "
+            f"{needed} (optionally 'class_name' and 'split'){hints}"
         )
     n = len(table)
-    labels = table["label"] if "label" in table.columns else pd.Series(["-1"] * n)
-    bad = [v for v in labels if not v.lstrip("-").isdigit()]
-    if bad:
+    labels = table["label"].str.strip() if "label" in table.columns else pd.Series(["-1"] * n)
+    names = table["class_name"] if "class_name" in table.columns else pd.Series([""] * n)
+    given = labels[labels != ""]
+    if all(v.lstrip("-").isdigit() for v in given):
+        ids = labels.replace("", "-1").astype(int)
+    else:
+        ids, names = _ids_by_name(labels, names)
+    if labeled and not (ids >= 0).any():
         raise DataError(
-            f"dataset {dataset!r}: {path.name} has non-integer labels such as {bad[0]!r}"
+            f"dataset {dataset!r}: {path.name} is the labeled dataset but no row has a label "
+            "(an empty label or -1 marks an unlabeled image)"
         )
     splits = table["split"].str.strip() if "split" in table.columns else pd.Series([""] * n)
     unknown = sorted(set(splits) - set(SPLITS) - {""})
@@ -67,9 +88,15 @@ def read_index_csv(path: Path, images_root: Path, dataset: str) -> pd.DataFrame:
         raise DataError(
             f"dataset {dataset!r}: {path.name} has split values {unknown}; use {list(SPLITS)}"
         )
-    names = table["class_name"] if "class_name" in table.columns else pd.Series([""] * n)
     rels = [_relative(p, images_root) for p in table["path"]]
-    return make_frame(zip(rels, labels.astype(int), names, splits, strict=True))
+    return make_frame(zip(rels, ids, names, splits, strict=True))
+
+
+def _ids_by_name(labels: pd.Series, names: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Class-name labels -> (ids by sorted name, class names); an empty label is unlabeled."""
+    classes = sorted(set(labels) - {""})
+    ids = labels.map({name: i for i, name in enumerate(classes)}).fillna(-1).astype(int)
+    return ids, names.where(names != "", labels)
 
 
 def _relative(value: str, images_root: Path) -> str:
