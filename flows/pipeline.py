@@ -95,6 +95,8 @@ def slade(
     overrides: dict[str, Any] | None = None,
     training_pool: str | None = None,
     pool_timeout: float | None = POOL_TIMEOUT,
+    run_tags: dict[str, str] | None = None,
+    publish: bool = True,
 ) -> dict[str, Any]:
     """Run the SLADE pipeline on a preset (`data_manifests/presets/<preset>.yaml`).
 
@@ -103,11 +105,15 @@ def slade(
     `slade-stage/<pool>`); None trains in this process.
     pool_timeout: seconds a training stage may wait without any worker of the pool online
     before it fails (naming the pool and the command that starts a worker); None waits.
+    run_tags: extra tags of this run's MLflow run (slade/sweep makes its trials children of
+    the sweep's run with {"mlflow.parentRunId": ...}).
+    publish: False ends the run at evaluate, nothing published or registered (a sweep's
+    trials, measured on validation classes).
     """
     config = load_experiment(preset, overrides)
     if training_pool is not None:
         check_deployed(training_pool)
-    parent = start_parent_run(config, str(flow_run.get_id()), git_commit())
+    parent = start_parent_run(config, str(flow_run.get_id()), git_commit(), run_tags)
     status = "FAILED"
     try:
         stage = _Stages(config, parent, training_pool, pool_timeout)
@@ -131,14 +137,16 @@ def slade(
         evaluation = stage("evaluate", {"data": data, **models}, "evaluate")
         metrics = evaluation["summary"]
         log_metrics(mlflow_client(), parent, metrics)
-        published = stage(
-            "publish",
-            {"data": data, "teacher": teacher, "student": current, "evaluate": evaluation},
-            "publish",
-        )
-        registered = register_task(
-            config, {"data": data, "publish": published, "evaluate": evaluation}, parent
-        )
+        published = registered = None
+        if publish:
+            published = stage(
+                "publish",
+                {"data": data, "teacher": teacher, "student": current, "evaluate": evaluation},
+                "publish",
+            )
+            registered = register_task(
+                config, {"data": data, "publish": published, "evaluate": evaluation}, parent
+            )
         status = "FINISHED"
     except TerminationSignal:  # SIGTERM: the run was cancelled or its machine stopped
         status = "KILLED"
@@ -147,19 +155,21 @@ def slade(
         finish_run(parent, status)
     logger = get_run_logger()
     logger.info("metrics (percent): %s", {k: percent(v) for k, v in metrics.items()})
-    logger.info(
-        "registered %s version %s as %s; search it with: slade search IMAGE --model models:/%s@%s",
-        registered["name"],
-        registered["version"],
-        registered["alias"],
-        registered["name"],
-        registered["alias"],
-    )
+    if registered:
+        logger.info(
+            "registered %s version %s as %s; search it with: "
+            "slade search IMAGE --model models:/%s@%s",
+            registered["name"],
+            registered["version"],
+            registered["alias"],
+            registered["name"],
+            registered["alias"],
+        )
     return {
         "mlflow_run_id": parent,
         "metrics": metrics,
         "evaluate_dir": evaluation["dir"],
-        "model": published["student_model"],
+        "model": published["student_model"] if published else None,
         "registered": registered,
     }
 

@@ -94,8 +94,15 @@ def log_metrics(
         client.log_batch(run_id, metrics=items)
 
 
-def start_parent_run(config: PipelineConfig, flow_run_id: str, git_commit: str) -> str:
-    """The pipeline's MLflow run; a retried flow run (same id) reuses its run."""
+def start_parent_run(
+    config: PipelineConfig,
+    flow_run_id: str,
+    git_commit: str,
+    tags: Mapping[str, str] | None = None,
+) -> str:
+    """The pipeline's MLflow run; a retried flow run (same id) reuses its run.
+
+    tags: added to the run's own (a sweep trial's parent run and sweep id)."""
     client = mlflow_client()
     exp = experiment_id(client)
     found = client.search_runs(
@@ -119,6 +126,7 @@ def start_parent_run(config: PipelineConfig, flow_run_id: str, git_commit: str) 
             "slade.kind": "pipeline",
             "mlflow.source.git.commit": git_commit,
             "slade.code_version": code_version(),
+            **(tags or {}),
         },
     )
     log_params(client, run.info.run_id, flatten(config.model_dump(mode="json")))
