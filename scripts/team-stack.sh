@@ -423,7 +423,7 @@ status() {
 }
 
 case "${1:-}" in
-up | down | status | setup | proxy) "$1" ;;
+up | down | status | proxy | setup) "$1" ;;
 worker) worker "${2:-}" ;;
 worker-env) worker_env "${2:-}" ;;
 self-signed-cert) self_signed_cert ;;

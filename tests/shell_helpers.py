@@ -48,11 +48,12 @@ def wait_for(what, check, timeout: float = 300):
 
 def mlflow_runs(env: dict[str, str], flow_run_id: str | None = None):
     """(client, pipeline parent run, its child runs) of a flow run on the MLflow server at
-    env's SLADE_MLFLOW_PORT; without a flow run id (client, None, every run of the
-    experiment)."""
+    env's SLADE_SERVER_HOST (default 127.0.0.1) and SLADE_MLFLOW_PORT; without a flow run id
+    (client, None, every run of the experiment)."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"http://127.0.0.1:{env['SLADE_MLFLOW_PORT']}")
+    host = env.get("SLADE_SERVER_HOST", "127.0.0.1")
+    client = MlflowClient(tracking_uri=f"http://{host}:{env['SLADE_MLFLOW_PORT']}")
     exp = client.get_experiment_by_name("slade").experiment_id
     if flow_run_id is None:
         return client, None, client.search_runs([exp])

@@ -4,7 +4,9 @@ Each rule is a function returning problems; the real file must have none, and de
 broken copies must be caught, so a rule that stopped checking would fail here too. The
 compose file must also be the configuration of scripts/team-stack.sh (the same stack without
 Docker, run for real by tests/test_team_stack.py): same databases and drivers, same buckets,
-Prefect results in S3 through the same block.
+Prefect results in S3 through the same block, the same listen-address setting
+(SLADE_BIND_HOST) and the same authentication: the Prefect auth string on the server and every
+worker, MLflow's basic-auth app whose `pipeline` user the workers log in as.
 """
 
 from __future__ import annotations
@@ -22,9 +24,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_MOUNT = "/srv/slade"
 POOLS = {"cpu-worker": "cpu-pool", "gpu-worker": "gpu-pool"}
 VAR = re.compile(r"\$\{(?P<name>\w+)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
-SECRET_KEY = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY", re.IGNORECASE)
+SECRET_KEY = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY|AUTH_STRING", re.IGNORECASE)
 URL_PASSWORD = re.compile(r"://[^/:@\s]+:(?P<password>[^@\s]+)@")
 EXPORT = re.compile(r'^export (?P<name>\w+)="\$\{(?P=name):-(?P<default>[^}"]*)\}"', re.MULTILINE)
+BIND = "${SLADE_BIND_HOST:-127.0.0.1}"  # scripts/team-env.sh's listen address and default
+
+
+def team_script(name: str) -> str:
+    return (ROOT / "scripts" / name).read_text()
 
 
 def team_env_defaults() -> dict[str, str]:
@@ -233,7 +240,82 @@ def results_problems(c: dict[str, Any]) -> list[str]:
     return problems
 
 
+def bind_problems(c: dict[str, Any]) -> list[str]:
+    """Every published port listens on team-stack.sh's setting: same variable, same default."""
+    problems = []
+    if team_env_defaults().get("SLADE_BIND_HOST") != "127.0.0.1":
+        problems.append("scripts/team-env.sh: SLADE_BIND_HOST does not default to 127.0.0.1")
+    for name, svc in c["services"].items():
+        for port in svc.get("ports") or []:
+            if not str(port).startswith(BIND + ":"):
+                problems.append(f"{name}: port {port} does not listen on {BIND}")
+    return problems
+
+
+def required_var(value: str | None) -> str | None:
+    """The variable's name when `value` is exactly `${NAME:?...}` (required from .env)."""
+    m = VAR.fullmatch(value or "")
+    return m["name"] if m and m["op"] in (":?", "?") else None
+
+
+def auth_problems(c: dict[str, Any]) -> list[str]:
+    """Authentication as team-stack.sh sets it up: one Prefect auth string on the server and
+    every worker; MLflow's basic-auth app, its admin and users from .env, the workers logged
+    in as the pipeline's user (the one scripts/team_access.py creates and team-env.sh uses)."""
+    services = c["services"]
+    problems = []
+    prefect = required_var(env_of(services["prefect-server"]).get("PREFECT_SERVER_API_AUTH_STRING"))
+    if prefect is None:
+        problems.append("prefect-server: PREFECT_SERVER_API_AUTH_STRING not required from .env")
+    mlflow = services["mlflow"]
+    mlflow_env = env_of(mlflow)
+    if "--app-name=basic-auth" not in command_of(mlflow).split():
+        problems.append("mlflow: not started with --app-name=basic-auth")
+    for key in (
+        "MLFLOW_AUTH_ADMIN_PASSWORD",
+        "MLFLOW_FLASK_SERVER_SECRET_KEY",
+        "SLADE_MLFLOW_PIPELINE_PASSWORD",
+        "SLADE_MLFLOW_VIEWER_PASSWORD",
+    ):
+        if required_var(mlflow_env.get(key)) is None:
+            problems.append(f"mlflow: {key} not required from .env")
+    entrypoint = mlflow.get("entrypoint") or []
+    if not (entrypoint and (ROOT / entrypoint[-1]).is_file()):
+        problems.append(f"mlflow: entrypoint {entrypoint} (creates the users) not in the repo")
+    elif "team_access.py users" not in (ROOT / entrypoint[-1]).read_text():
+        problems.append("mlflow: its entrypoint does not create the users")
+    pipeline = re.search(r'^PIPELINE_USER = "(\w+)"', team_script("team_access.py"), re.M)[1]
+    if f"MLFLOW_TRACKING_USERNAME={pipeline}" not in team_script("team-env.sh"):
+        problems.append(f"scripts/team-env.sh: clients do not log in as {pipeline!r}")
+    for name in POOLS:
+        env = env_of(services.get(name) or {})
+        if required_var(env.get("PREFECT_API_AUTH_STRING")) != prefect:
+            problems.append(f"{name}: PREFECT_API_AUTH_STRING is not the server's ${{{prefect}}}")
+        if env.get("MLFLOW_TRACKING_USERNAME") != pipeline:
+            problems.append(f"{name}: MLFLOW_TRACKING_USERNAME is not {pipeline!r}")
+        password = required_var(env.get("MLFLOW_TRACKING_PASSWORD"))
+        if password is None or password != required_var(
+            mlflow_env.get("SLADE_MLFLOW_PIPELINE_PASSWORD")
+        ):
+            problems.append(f"{name}: MLFLOW_TRACKING_PASSWORD is not the pipeline user's")
+    # the same permissions model: every user reads, creators manage what they create
+    stack = team_script("team-stack.sh")
+    for where, text in (("scripts/team-stack.sh", stack), ("mlflow entrypoint", _entry(mlflow))):
+        if "default_permission = READ" not in text:
+            problems.append(f"{where}: MLflow's default_permission is not READ")
+    if "--app-name basic-auth" not in stack:
+        problems.append("scripts/team-stack.sh: MLflow not started with --app-name basic-auth")
+    return problems
+
+
+def _entry(service: dict[str, Any]) -> str:
+    path = ROOT / ((service.get("entrypoint") or [""])[-1])
+    return path.read_text() if path.is_file() else ""
+
+
 RULES = [
+    bind_problems,
+    auth_problems,
     health_problems,
     port_problems,
     secret_problems,
@@ -301,6 +383,36 @@ def _broken(compose: dict[str, Any], edit) -> dict[str, Any]:
         (
             results_problems,
             lambda s: s["gpu-worker"]["environment"].update(AWS_SECRET_ACCESS_KEY="hunter2"),
+        ),
+        (
+            bind_problems,
+            lambda s: s["mlflow"].update(ports=["${BIND_ADDRESS:-127.0.0.1}:5000:5000"]),
+        ),
+        (
+            auth_problems,
+            lambda s: s["prefect-server"]["environment"].pop("PREFECT_SERVER_API_AUTH_STRING"),
+        ),
+        (
+            auth_problems,
+            lambda s: s["gpu-worker"]["environment"].update(PREFECT_API_AUTH_STRING="${X:?x}"),
+        ),
+        (auth_problems, lambda s: s["mlflow"]["command"].remove("--app-name=basic-auth")),
+        (auth_problems, lambda s: s["mlflow"].pop("entrypoint")),
+        (
+            auth_problems,
+            lambda s: s["cpu-worker"]["environment"].update(MLFLOW_TRACKING_USERNAME="admin"),
+        ),
+        (
+            auth_problems,
+            lambda s: s["cpu-worker"]["environment"].update(
+                MLFLOW_TRACKING_PASSWORD="${MLFLOW_ADMIN_PASSWORD:?x}"
+            ),
+        ),
+        (
+            secret_problems,
+            lambda s: s["prefect-server"]["environment"].update(
+                PREFECT_SERVER_API_AUTH_STRING="slade:hunter2"
+            ),
         ),
     ],
 )
@@ -384,7 +496,7 @@ def test_worker_pools_match_the_deployments(compose: dict[str, Any]):
     spec = yaml.safe_load(deployments.read_text())
     pools = {d["work_pool"]["name"] for d in spec["deployments"] if d.get("work_pool")}
     assert pools <= set(POOLS.values()), f"no worker polls {pools - set(POOLS.values())}"
-    assert all(d["entrypoint"].startswith("flows/pipeline.py:") for d in spec["deployments"])
+    assert all(d["entrypoint"].startswith("flows/") for d in spec["deployments"])
     # registered by the CPU worker before it polls: the same set-up as the team stack's
     steps = [s.strip() for s in command_of(compose["services"]["cpu-worker"]).split("&&")]
     assert steps[:2] == ["scripts/team-stack.sh setup", "prefect --no-prompt deploy --all"]
