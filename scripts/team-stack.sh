@@ -222,6 +222,8 @@ prefect_server() {
         PREFECT_SERVER_API_AUTH_STRING=$(<"$(secret prefect-auth slade:)")
         export PREFECT_SERVER_API_AUTH_STRING
     fi
+    # the UI in a browser calls the API where the browser reached it: through the proxy
+    ! tls_on || export PREFECT_UI_API_URL="https://$SLADE_PROXY_HOST:$SLADE_PREFECT_TLS_PORT/api"
     team_server prefect-server "http://$LOCAL_HOST:$SLADE_PREFECT_PORT/api/health" \
         prefect server start --host "$SLADE_BIND_HOST" --port "$SLADE_PREFECT_PORT"
 }
