@@ -40,9 +40,8 @@ import pandas as pd
 import torch
 
 from slade_core.checkpoints import save_checkpoint
-from slade_core.clustering import label_agreement, make_pseudo_labels
+from slade_core.clustering import label_agreement, make_pseudo_labels, write_pseudo_labels
 from slade_core.config import (
-    ClusterConfig,
     ModelConfig,
     PipelineConfig,
     RuntimeConfig,
@@ -288,32 +287,25 @@ def holdout_index(
     return out_path
 
 
-def clustered_splits(cluster: ClusterConfig) -> list[str]:
-    """The splits the clustering embeds: the unlabeled rows, and the train rows whose class means
-    anchor it when cluster.anchors is on."""
-    return ["unlabeled"] if cluster.anchors == "none" else ["train", "unlabeled"]
-
-
 def warm_prefix_cache(
     spec: ModelConfig,
     index_path: Path,
     runtime: RuntimeConfig,
     views: int,
     unlabeled: bool,
-    embedded: Sequence[str] = ("unlabeled",),
 ):
     """Compute every cached prefix file the rows will read (eval view of the test rows,
     `views` train views of the train rows, and with `unlabeled` the same for the unlabeled
-    rows, whose eval view is cached for the rows the clustering embeds, `embedded`); return
-    seconds. With the whole trunk trained (-1) there is no prefix:
-    the trunk row's pooled features of the test rows are cached instead."""
+    rows, whose eval view the clustering embeds); return seconds. With the whole trunk
+    trained (-1) there is no prefix: the trunk row's pooled features of the test rows are
+    cached instead."""
     start = time.perf_counter()
     splits = ("train", "unlabeled") if unlabeled else ("train",)
     if TrunkMode.of(spec).whole:
         spec = spec.with_frozen_trunk()
         jobs = [(None, ["test"])]
     else:
-        jobs = [(None, ["test"])] + [(None, list(embedded))] * unlabeled
+        jobs = [(None, ["test"])] + [(None, ["unlabeled"])] * unlabeled
         jobs += [(v, [s]) for v in range(views) for s in splits]
     model = create_model(spec)
     for view, names in jobs:
@@ -439,12 +431,7 @@ def hidden_species(index_path: Path, settings: FilterSettings) -> dict[str, int]
 def oracle_pseudo_labels(species: dict[str, int], out: Path) -> Path:
     """The unlabeled rows' hidden species as "pseudo labels": the ceiling of pseudo-labelling
     (a diagnostic the method never sees, never a default)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    frame = pd.DataFrame(
-        {"image_id": list(species), "cluster": list(species.values()), "distance": 0.0}
-    )
-    frame.astype({"cluster": "int64", "distance": "float32"}).to_parquet(out, index=False)
-    return out
+    return write_pseudo_labels(out, list(species), list(species.values()))
 
 
 PAIR_KEYS = (  # history metrics of a student that explain what its unlabeled half learned
@@ -504,7 +491,7 @@ def run_seed(
             checkpoint,
             index_path,
             out / name / "unlabeled.parquet",
-            clustered_splits(config.cluster),
+            ["unlabeled"],
             runtime,
         )
         cluster = config.cluster.model_copy(update={"seed": seed})
@@ -720,7 +707,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         config.runtime,
         views,
         bool(rows & STUDENT_ROW_GROUPS),
-        clustered_splits(config.cluster),
     )
     print(f"trunk feature cache ready ({cache_seconds:.1f}s, {views} train views)", flush=True)
 

@@ -42,9 +42,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import birds  # noqa: E402
 
+from slade_core.clustering import write_pseudo_labels  # noqa: E402
 from slade_core.config import PipelineConfig  # noqa: E402
+from slade_core.directions import mean_directions, unit_rows  # noqa: E402
 from slade_core.embeddings import extract_embeddings, read_embeddings  # noqa: E402
-from slade_core.training.student import train_student  # noqa: E402
+from slade_core.training.student import student_epoch_length, train_student  # noqa: E402
 
 VARIANTS = (
     "control",
@@ -61,15 +63,10 @@ VARIANTS = (
 )
 
 
-def unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
 def class_means(embeddings: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Unit mean direction of each label's rows, one row per label (sorted)."""
-    x = unit(embeddings)
-    return unit(np.stack([x[labels == c].mean(0) for c in np.unique(labels)]))
+    classes, inverse = np.unique(labels, return_inverse=True)
+    return mean_directions(unit_rows(embeddings), inverse, len(classes))
 
 
 def half_of_species(
@@ -112,7 +109,7 @@ class Attribution:
         species = birds.hidden_species(self.index_path, config.data.filter)
         unlabeled = read_embeddings(self.dir / "teacher" / "unlabeled.parquet", ["unlabeled"])
         self.ids = np.asarray(unlabeled.image_ids)
-        self.embeddings = unit(unlabeled.embeddings)
+        self.embeddings = unit_rows(unlabeled.embeddings)
         self.species = np.array([species[i] for i in self.ids])
         source = index.set_index("image_id").loc[self.ids, "source"].to_numpy()
         labeled_source = index.loc[index["split"] == "train", "source"].iloc[0]
@@ -165,15 +162,10 @@ class Attribution:
         """Train the variant's student: (images it labels, test MAP@R)."""
         ids, labels = self.labels(variant)
         out = self.dir / "attribution" / variant.replace(":", "-")
-        out.mkdir(parents=True, exist_ok=True)
-        frame = pd.DataFrame({"image_id": ids, "cluster": labels.astype("int64"), "distance": 0.0})
-        path = out / "pseudo_labels.parquet"
-        frame.astype({"distance": "float32"}).to_parquet(path, index=False)
+        path = write_pseudo_labels(out / "pseudo_labels.parquet", ids, labels)
         student = self.config.student
         n_train = int((self.index["split"] == "train").sum())
-        steps = max(  # the whole set's epoch length (slade_core.training.student)
-            1, n_train // student.labeled_batch_size, len(self.ids) // student.unlabeled_batch_size
-        )
+        steps = student_epoch_length(student, n_train, len(self.ids))  # the whole set's
         update = {
             "use_basis": False,
             "use_mining": False,

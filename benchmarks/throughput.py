@@ -275,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         MPerClassBatchSampler(labels, 4, half, 0, per_epoch, stream=1),  # pseudo = labels
         unlabeled_offset=len(frame),
     )
-    objective = SladeLoss(student, spec.embedding_dim, classes, classes).to(device)
+    objective = SladeLoss(student, spec.embedding_dim, classes).to(device)
     joint_labels = torch.cat([label_tensor, label_tensor + classes])
     runs["student"] = training_epoch(
         student_net,

@@ -55,3 +55,16 @@ def read_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
             "ModelConfig(weights='checkpoint', checkpoint_path=...) with create_model"
         )
     return obj
+
+
+def checkpoint_spec(obj: dict[str, Any]) -> dict[str, Any]:
+    """The ModelConfig fields a checkpoint payload was saved with. Checkpoints written while
+    ModelConfig had a `head` field record it; "linear" is the head every model has now."""
+    spec = dict(obj["spec"])
+    head = spec.pop("head", "linear")
+    if head != "linear":
+        raise ValueError(
+            f"this checkpoint has a {head!r} head, which slade no longer builds (the head is "
+            "one linear layer); retrain it, or start from its trunk with a timm state_dict"
+        )
+    return spec

@@ -8,15 +8,13 @@ assigned one part at a time, so memory is bounded by the sample and one shard.
 `cluster.method = "ward"` (the default) cuts Ward's agglomerative tree of the sample
 (`slade_core.ward`; at most `cluster.ward_max_points` rows) into k groups: the merged rows
 keep their group, the others go to the nearest group centre. "kmeans" (the paper's) is
-spherical FAISS k-means. `cluster.method = "mutual_neighbors"` labels by mutual nearest
-neighbours instead
-(`slade_core.mutual_neighbors`): it needs the whole set in memory, and rows it leaves
-without a label are left out of the file.
+spherical FAISS k-means. `write_pseudo_labels` is the one writer of the pseudo-label file.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,23 +25,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import torch
 
 from slade_core.config import ClusterConfig
+from slade_core.directions import unit_rows
 from slade_core.embeddings import read_embeddings
 from slade_core.io import atomic_dir, atomic_path
-from slade_core.mutual_neighbors import mutual_neighbor_groups
 from slade_core.shards import dataset_parts, part_name
 from slade_core.ward import ward_groups
 
 CENTROIDS = "_centroids.npy"  # beside the parts (a "_" file: Parquet readers skip it)
-
-
-@dataclass(frozen=True)
-class KMeansResult:
-    assignments: np.ndarray  # int64 [n], cluster id per point
-    distances: np.ndarray  # float32 [n], squared L2 from the (unit) point to its centroid
-    centroids: np.ndarray  # float32 [k, d], unit norm
 
 
 @dataclass(frozen=True)
@@ -52,37 +42,10 @@ class ClusterResult:
     stats: dict[str, Any]
 
 
-def spherical_kmeans(
-    x: Any,
-    k: int,
-    iterations: int = 25,
-    seed: int = 0,
-    n_init: int = 1,
-    max_points_per_centroid: int = 256,
-    train_sample_size: int | None = None,
-    anchors: np.ndarray | None = None,
-) -> KMeansResult:
-    """Cluster the L2-normalised rows of x into k groups; repeatable for a given seed.
-
-    With train_sample_size, centroids are trained on that many seeded random rows and all rows
-    are then assigned. FAISS also subsamples to k * max_points_per_centroid rows on its own.
-    n_init runs keep the best objective. `anchors` (unit rows [a, d]) are held fixed as the
-    first a centroids; only the other k - a move.
-    """
-    x = _unit_rows(x)
-    rows = sample_rows(len(x), k, seed, train_sample_size)
-    train = x if rows is None else x[rows]
-    centroids = train_centroids(
-        train, k, iterations, seed, n_init, max_points_per_centroid, anchors
-    )
-    assignments, distances = assign(x, centroids)
-    return KMeansResult(assignments=assignments, distances=distances, centroids=centroids)
-
-
 def sample_rows(n: int, k: int, seed: int, train_sample_size: int | None) -> np.ndarray | None:
-    """Sorted seeded row numbers k-means trains on; None when every row is used."""
+    """Sorted seeded row numbers the centres are fitted on; None when every row is used."""
     if k < 2:
-        raise ValueError(f"k-means needs k >= 2 clusters, got k={k}")
+        raise ValueError(f"clustering needs k >= 2 clusters, got k={k}")
     if k > n:
         raise ValueError(f"k={k} clusters but only {n} points; lower cluster.k")
     if train_sample_size is None or train_sample_size >= n:
@@ -95,35 +58,20 @@ def sample_rows(n: int, k: int, seed: int, train_sample_size: int | None) -> np.
     return np.sort(np.random.default_rng(seed).choice(n, train_sample_size, replace=False))
 
 
-def train_centroids(
-    train: np.ndarray,
-    k: int,
-    iterations: int,
-    seed: int,
-    n_init: int,
-    max_points_per_centroid: int,
-    anchors: np.ndarray | None = None,
-) -> np.ndarray:
-    """Unit-norm float32 [k, d] centroids of spherical FAISS k-means on unit rows; the
-    `anchors`, if any, are the first centroids and stay where they are."""
-    if anchors is not None and len(anchors) >= k:
-        raise ValueError(
-            f"cluster.k={k} leaves no free cluster beside the {len(anchors)} anchored classes; "
-            f"raise cluster.k above {len(anchors)}"
-        )
+def train_centroids(train: np.ndarray, k: int, iterations: int, seed: int) -> np.ndarray:
+    """Unit-norm float32 [k, d] centroids of spherical FAISS k-means on unit rows (one run;
+    FAISS trains on at most 256 seeded rows per centroid)."""
     kmeans = faiss.Kmeans(
         train.shape[1],
         k,
         niter=iterations,
-        nredo=n_init,
         seed=seed,
         spherical=True,
-        max_points_per_centroid=max_points_per_centroid,
+        max_points_per_centroid=256,
         min_points_per_centroid=1,  # small unlabeled sets are fine; skip FAISS's warning
-        frozen_centroids=anchors is not None,  # FAISS keeps the given initial centroids fixed
         verbose=False,
     )
-    kmeans.train(train, init_centroids=anchors)
+    kmeans.train(train)
     return np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
 
 
@@ -172,42 +120,35 @@ def make_pseudo_labels(
 ) -> ClusterResult:
     """Cluster the `split` rows of an embeddings Parquet; write pseudo_labels.parquet atomically.
 
-    Output columns: image_id, cluster (int64), distance (float32, squared L2 to the centroid).
-    Stats add purity/NMI when the clustered rows carry real labels (label >= 0).
+    Output columns: see `write_pseudo_labels`. Stats add purity/NMI when the clustered rows
+    carry real labels (label >= 0).
     """
     table = read_embeddings(embeddings_path, splits=[split])
     if len(table.image_ids) == 0:
         raise ValueError(
             f"no rows with split={split!r} in {embeddings_path}; extract embeddings for that split"
         )
-    anchors = labeled_class_means(embeddings_path, cfg)
-    assignments, distances, n_labels = cluster_rows(table.embeddings, cfg, anchors)
-    kept = assignments >= 0
-    stats = _label_stats(assignments[kept], n_labels, table.labels[kept], int((~kept).sum()))
-    metadata = _pseudo_label_metadata(cfg, n_labels, split, table.metadata)
+    assignments, distances = cluster_rows(table.embeddings, cfg)
+    stats = cluster_size_stats(assignments, cfg.k)
+    known = np.asarray(table.labels) >= 0
+    if known.any():
+        stats.update(label_agreement(assignments[known], np.asarray(table.labels)[known]))
+    metadata = _pseudo_label_metadata(cfg, split, table.metadata)
     metadata[b"slade.stats"] = json.dumps(stats, sort_keys=True).encode()
-    out = _pseudo_label_table(table.image_ids[kept], assignments[kept], distances[kept], metadata)
-    with atomic_path(out_path) as tmp:
-        pq.write_table(out, tmp)
+    write_pseudo_labels(out_path, table.image_ids, assignments, distances, metadata)
     return ClusterResult(path=Path(out_path), stats=stats)
 
 
-def cluster_rows(
-    x: Any, cfg: ClusterConfig, anchors: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Pseudo labels of the rows of x by `cfg.method`: (int64 label per row, -1 for none;
-    float32 squared L2 distance of the unit row to its label's centre; number of labels).
-    k-means holds `anchors` (see `labeled_class_means`) fixed as clusters 0..a-1."""
-    x = _unit_rows(x)
-    if cfg.method == "mutual_neighbors":
-        groups, distances = mutual_neighbor_groups(x, cfg.neighbors)
-        return groups, distances, int(groups.max()) + 1
+def cluster_rows(x: Any, cfg: ClusterConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Pseudo labels of the rows of x by `cfg.method`: (int64 label 0..k-1 per row; float32
+    squared L2 distance of the unit row to its label's centre)."""
+    x = unit_rows(x)
     rows = sample_rows(len(x), cfg.k, cfg.seed, fit_sample_size(cfg))
-    fit = fit_centres(x if rows is None else x[rows], cfg, anchors)
+    fit = fit_centres(x if rows is None else x[rows], cfg)
     assignments, distances = assign(x, fit.centroids)
     if fit.groups is not None:
         keep_groups(x, assignments, distances, fit, np.arange(len(x)) if rows is None else rows)
-    return assignments, distances, cfg.k
+    return assignments, distances
 
 
 def fit_sample_size(cfg: ClusterConfig) -> int | None:
@@ -227,15 +168,12 @@ class Fit:
     groups: np.ndarray | None  # int64 [rows fitted] for Ward, else None
 
 
-def fit_centres(train: np.ndarray, cfg: ClusterConfig, anchors: np.ndarray | None = None) -> Fit:
-    """Fit `cfg.method`'s centres on the unit rows `train` (anchors: fixed k-means centroids)."""
+def fit_centres(train: np.ndarray, cfg: ClusterConfig) -> Fit:
+    """Fit `cfg.method`'s centres on the unit rows `train`."""
     if cfg.method == "ward":
         groups, centres = ward_groups(train, cfg.k)
         return Fit(centres, groups)
-    centroids = train_centroids(
-        train, cfg.k, cfg.iterations, cfg.seed, cfg.n_init, cfg.max_points_per_centroid, anchors
-    )
-    return Fit(centroids, None)
+    return Fit(train_centroids(train, cfg.k, cfg.iterations, cfg.seed), None)
 
 
 def keep_groups(
@@ -246,38 +184,6 @@ def keep_groups(
     groups = np.asarray(fit.groups, dtype=np.int64)
     assignments[rows] = groups
     distances[rows] = np.maximum(2.0 - 2.0 * (x[rows] * fit.centroids[groups]).sum(axis=1), 0.0)
-
-
-def labeled_class_means(embeddings_path: str | Path, cfg: ClusterConfig) -> np.ndarray | None:
-    """The anchors `cluster.anchors` asks for: with "labeled_classes", the unit mean direction
-    of each labeled class (split "train" rows of the embeddings, in label order); else None.
-    Reads every train row at once: the labeled set, usually far smaller than the unlabeled."""
-    if cfg.anchors == "none":
-        return None
-    table = read_embeddings(embeddings_path, splits=["train"])
-    if len(table.image_ids) == 0:
-        raise ValueError(
-            f"cluster.anchors={cfg.anchors!r} needs the labeled (split 'train') rows in "
-            f"{embeddings_path}; extract embeddings for the train split too, or set "
-            "cluster.anchors: none"
-        )
-    x = _unit_rows(table.embeddings)
-    classes, inverse = np.unique(table.labels, return_inverse=True)
-    sums = np.zeros((len(classes), x.shape[1]), dtype=np.float64)
-    np.add.at(sums, inverse, x)
-    return (sums / np.linalg.norm(sums, axis=1, keepdims=True)).astype(np.float32)
-
-
-def _label_stats(
-    assignments: np.ndarray, n_labels: int, labels: np.ndarray, without_label: int
-) -> dict[str, Any]:
-    """Size stats of the labeled rows, how many rows got no label, and purity/NMI against
-    the rows' real labels where they have one (label >= 0)."""
-    stats = {**cluster_size_stats(assignments, n_labels), "n_without_label": without_label}
-    known = np.asarray(labels) >= 0
-    if known.any():
-        stats.update(label_agreement(assignments[known], np.asarray(labels)[known]))
-    return stats
 
 
 def make_sharded_pseudo_labels(
@@ -297,13 +203,10 @@ def make_sharded_pseudo_labels(
     one after another here by default, or on a cluster (the caller's engine). The centroids
     reach the calls as a file (`_centroids.npy` beside the parts), read once per part. Parts
     carry the columns and metadata of pseudo_labels.parquet; `_common_metadata` adds the stats
-    (known only at the end). With cluster.method "mutual_neighbors" every part is read into
-    memory at once and labelled in this process (`map_parts` is not used).
+    (known only at the end).
     """
     parts = dataset_parts(embeddings_path)
-    if cfg.method == "mutual_neighbors":
-        return _mutual_neighbor_parts(parts, Path(out_dir), cfg, split)
-    fit, kept = sampled_centres(parts, cfg, split, labeled_class_means(embeddings_path, cfg))
+    fit, kept = sampled_centres(parts, cfg, split)
     with atomic_dir(out_dir) as tmp:
         np.save(tmp / CENTROIDS, fit.centroids)
         calls = [
@@ -318,7 +221,7 @@ def make_sharded_pseudo_labels(
             for number, part in enumerate(parts)
         ]
         results = (map_parts or _map_in_process)(calls)
-        stats = {**_size_stats(np.sum([r.sizes for r in results], axis=0)), "n_without_label": 0}
+        stats = _size_stats(np.sum([r.sizes for r in results], axis=0))
         clusters = np.concatenate([r.labeled_clusters for r in results])
         if clusters.size:
             stats.update(
@@ -326,34 +229,6 @@ def make_sharded_pseudo_labels(
             )
         _write_common_metadata(tmp, stats)
     return ClusterResult(path=Path(out_dir), stats=stats)
-
-
-def _mutual_neighbor_parts(
-    parts: Sequence[Path], out_dir: Path, cfg: ClusterConfig, split: str
-) -> ClusterResult:
-    """The dataset form of `make_pseudo_labels` for a graph method: label every row at once,
-    then write part i with the labeled rows of embeddings part i."""
-    tables = [read_embeddings(part, splits=[split]) for part in parts]
-    if not sum(len(t) for t in tables):
-        raise ValueError(
-            f"no rows with split={split!r} in {parts[0].parent}; extract embeddings for that split"
-        )
-    labels, distances, n_labels = cluster_rows(np.concatenate([t.embeddings for t in tables]), cfg)
-    kept = labels >= 0
-    real_labels = np.concatenate([t.labels for t in tables])
-    stats = _label_stats(labels[kept], n_labels, real_labels[kept], int((~kept).sum()))
-    bounds = np.cumsum([0, *(len(t) for t in tables)])
-    with atomic_dir(out_dir) as tmp:
-        for number, table in enumerate(tables):
-            rows = slice(bounds[number], bounds[number + 1])
-            keep = kept[rows]
-            metadata = _pseudo_label_metadata(cfg, n_labels, split, table.metadata)
-            out = _pseudo_label_table(
-                table.image_ids[keep], labels[rows][keep], distances[rows][keep], metadata
-            )
-            pq.write_table(out, tmp / part_name(number))
-        _write_common_metadata(tmp, stats)
-    return ClusterResult(path=out_dir, stats=stats)
 
 
 def _write_common_metadata(directory: Path, stats: dict[str, Any]) -> None:
@@ -376,10 +251,10 @@ PartMapper = Callable[[list[dict[str, Any]]], list[PartLabels]]
 
 
 def sampled_centres(
-    parts: Sequence[Path], cfg: ClusterConfig, split: str, anchors: np.ndarray | None = None
+    parts: Sequence[Path], cfg: ClusterConfig, split: str
 ) -> tuple[Fit, list[tuple[list[int], list[int]]]]:
     """The centres of `cfg.method` fitted on the seeded sample of the `split` rows, read part
-    by part (`anchors` held fixed as the first k-means centroids), and for Ward, per part,
+    by part, and for Ward, per part,
     (row numbers within the part's split rows, their groups) of the fitted rows: they keep
     their group (`assign_part`'s `kept`). The list is empty for k-means."""
     counts = [_split_rows(p, split) for p in parts]
@@ -399,8 +274,8 @@ def sampled_centres(
         offset += count
         local_rows.append(local)
         if local.size:
-            train.append(_unit_rows(read_embeddings(part, splits=[split]).embeddings)[local])
-    fit = fit_centres(np.concatenate(train), cfg, anchors)
+            train.append(unit_rows(read_embeddings(part, splits=[split]).embeddings)[local])
+    fit = fit_centres(np.concatenate(train), cfg)
     if fit.groups is None:
         return fit, []
     bounds = np.cumsum([0, *(len(local) for local in local_rows)])
@@ -426,16 +301,15 @@ def assign_part(
     """
     table = read_embeddings(part, splits=[split])
     if len(table):
-        x, fitted = _unit_rows(table.embeddings), np.load(centroids)
+        x, fitted = unit_rows(table.embeddings), np.load(centroids)
         assignments, distances = assign(x, fitted)
         rows, groups = (np.asarray(v, dtype=np.int64) for v in kept)
         if rows.size:
             keep_groups(x, assignments, distances, Fit(fitted, groups), rows)
     else:
         assignments, distances = np.zeros(0, np.int64), np.zeros(0, np.float32)
-    metadata = _pseudo_label_metadata(cfg, cfg.k, split, table.metadata)
-    with atomic_path(out_file) as tmp:
-        pq.write_table(_pseudo_label_table(table.image_ids, assignments, distances, metadata), tmp)
+    metadata = _pseudo_label_metadata(cfg, split, table.metadata)
+    write_pseudo_labels(out_file, table.image_ids, assignments, distances, metadata)
     labeled = table.labels >= 0
     return PartLabels(
         sizes=np.bincount(assignments, minlength=cfg.k),
@@ -465,10 +339,10 @@ def _size_stats(sizes: np.ndarray) -> dict[str, Any]:
 
 
 def _pseudo_label_metadata(
-    cfg: ClusterConfig, n_labels: int, split: str, embeddings_meta: dict[str, str]
+    cfg: ClusterConfig, split: str, embeddings_meta: dict[str, str]
 ) -> dict[bytes, bytes]:
     metadata = {
-        b"slade.k": str(n_labels).encode(),  # the number of pseudo labels (k for k-means)
+        b"slade.k": str(cfg.k).encode(),
         b"slade.seed": str(cfg.seed).encode(),
         b"slade.split": split.encode(),
         b"slade.config": cfg.model_dump_json().encode(),
@@ -478,39 +352,27 @@ def _pseudo_label_metadata(
     return metadata
 
 
-def _pseudo_label_table(
-    image_ids: np.ndarray,
-    assignments: np.ndarray,
-    distances: np.ndarray,
-    metadata: dict[bytes, bytes],
-) -> pa.Table:
-    return pa.table(
+def write_pseudo_labels(
+    path: str | os.PathLike,
+    image_ids: Sequence[str],
+    clusters: Any,
+    distances: Any = None,
+    metadata: dict[bytes, bytes] | None = None,
+) -> Path:
+    """Write a pseudo-label file atomically; return its path. Columns: image_id (string),
+    cluster (int64, the pseudo label), distance (float32: squared L2 of the unit embedding to
+    its cluster's centre; 0 where there is none, e.g. hidden species as oracle labels).
+    `metadata`: the Parquet key-value metadata (k, seed, config, lineage, stats)."""
+    clusters = np.asarray(clusters, dtype=np.int64)
+    if distances is None:
+        distances = np.zeros(len(clusters), dtype=np.float32)
+    table = pa.table(
         {
             "image_id": pa.array(np.asarray(image_ids, dtype=object), pa.string()),
-            "cluster": pa.array(assignments, pa.int64()),
-            "distance": pa.array(distances, pa.float32()),
+            "cluster": pa.array(clusters, pa.int64()),
+            "distance": pa.array(np.asarray(distances, dtype=np.float32), pa.float32()),
         }
     ).replace_schema_metadata(metadata)
-
-
-def _unit_rows(x: Any) -> np.ndarray:
-    """float32 rows scaled to unit norm; rejects NaN/inf and zero rows, naming them."""
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim != 2 or x.shape[0] == 0:
-        raise ValueError(f"expected a non-empty [n, dim] matrix, got shape {x.shape}")
-    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
-    if bad.size:
-        raise ValueError(
-            f"{bad.size} embedding rows contain NaN or inf (first rows: {bad[:5].tolist()}); "
-            "re-extract the embeddings or drop those images"
-        )
-    norms = np.linalg.norm(x, axis=1)
-    zero = np.flatnonzero(norms == 0)
-    if zero.size:
-        raise ValueError(
-            f"{zero.size} embedding rows are zero vectors (first rows: {zero[:5].tolist()}); "
-            "they have no direction to cluster: drop those images"
-        )
-    return np.ascontiguousarray(x / norms[:, None])
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return Path(path)

@@ -8,7 +8,7 @@ a preset or an override fails before any work starts, with the field named.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -16,9 +16,27 @@ from slade_core.data.preset import DataPreset, DatasetRef
 
 
 class StrictModel(BaseModel):
-    """Base for configs: unknown keys are rejected, values validated on assignment."""
+    """Base for configs: unknown keys are rejected, values validated on assignment.
+
+    `removed` names options that no longer exist (a field, or a (field, value) pair) with
+    what replaced them; a preset or override that still sets one fails with that message.
+    """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    removed: ClassVar[dict[str | tuple[str, str], str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_removed(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            errors = [
+                f"{f'{key[0]}={key[1]!r}' if isinstance(key, tuple) else key} was removed: {why}"
+                for key, why in cls.removed.items()
+                if (data.get(key[0]) == key[1] if isinstance(key, tuple) else key in data)
+            ]
+            if errors:
+                raise ValueError("; ".join(errors))
+        return data
 
 
 class ModelConfig(StrictModel):
@@ -39,7 +57,12 @@ class ModelConfig(StrictModel):
     batchnorm: "frozen" keeps every trunk BatchNorm layer's loaded running statistics while
       the trunk trains (affine weights train with their block); "train" re-estimates them
       from each batch, which only suits large batches.
+    The head is one linear layer from the pooled trunk features to the embedding.
     """
+
+    removed: ClassVar[dict[str | tuple[str, str], str]] = {
+        "head": "the head is always one linear layer (the MLP head never helped); delete it",
+    }
 
     backbone: str = "tf_efficientnet_lite0"
     embedding_dim: int = Field(512, ge=2)
@@ -47,7 +70,6 @@ class ModelConfig(StrictModel):
     checkpoint_path: Path | None = None
     trainable_blocks: int = Field(0, ge=-1)
     image_size: int = Field(224, ge=32)
-    head: Literal["linear", "mlp"] = "linear"
     batchnorm: Literal["frozen", "train"] = "frozen"
 
     def with_frozen_trunk(self) -> ModelConfig:
@@ -140,25 +162,28 @@ class TeacherConfig(StrictModel):
 class BasisConfig(StrictModel):
     """Feature basis W_a (k_b x d) and its regulariser (L_Basis = L_CE + L_reg).
 
-    ce_labels: what L_CE classifies.
-      - "labeled" (the paper's reading): the labeled half only, against its true classes;
-        basis vector j is class j's weight (logits = scale * r[:, :C_l]), so the basis learns
-        from true labels alone and scores unlabeled pairs with that knowledge;
-      - "joint": both halves, labeled classes and cluster ids in one label space, read out of
-        r by an extra classifier when there are more ids than basis vectors (slade <= 0.1;
-        the basis can then memorise the noisy clusters).
+    L_CE classifies the labeled half against its true classes: basis vector j is class j's
+    weight (logits = scale * r[:, :C_l]), so the basis learns from true labels alone and
+    scores unlabeled pairs with that knowledge. s(i, j) is the cosine of the basis
+    representations minus the joint batch's mean representation (raw cosines of
+    L2-normalised embeddings crowd near 1).
     size: k_b, the number of basis vectors; None = one per labeled class.
-    center: s(i, j) is the cosine of the basis representations minus the joint batch's mean
-      representation (False: of the raw representations, whose cosines crowd near 1).
+    regularizer: L_reg on s of the pseudo-labeled half: "sd" (L_SD), "global_ce",
+      "local_ce" (`slade_core.losses.ce_regularizers`) or "none" (L_CE alone).
     restart_moments: the tracked mu/sigma start afresh at the first joint step (they lag the
       basis during warm-up: ~1/(1 - momentum) steps of memory).
     warmup_iterations: basis-only steps before joint training, in addition to the student's
       epochs (they do not shorten the network's training or schedule).
     """
 
-    ce_labels: Literal["labeled", "joint"] = "labeled"
+    removed: ClassVar[dict[str | tuple[str, str], str]] = {
+        "ce_labels": "L_CE always classifies the labeled half against its true classes "
+        "(formerly ce_labels: labeled); delete it",
+        "center": "s(i, j) is always the cosine of the centred basis representations "
+        "(formerly center: true); delete it",
+    }
+
     size: int | None = Field(None, ge=2)
-    center: bool = True
     restart_moments: bool = True
     regularizer: Literal["sd", "global_ce", "local_ce", "none"] = "sd"
     momentum: float = Field(0.99, ge=0, lt=1)
@@ -169,19 +194,27 @@ class BasisConfig(StrictModel):
 
 
 class MiningConfig(StrictModel):
-    """Sample mining on basis similarities: P = {s >= T1}, N = {s <= T2}.
+    """Sample mining on basis similarities of pseudo-label pairs: P = {same label, s >= T1},
+    N = {different labels, s <= T2} (`slade_core.miners.basis_pairs`).
 
-    name: the miner (`slade_core.miners.MINERS`). thresholds: see
-    `slade_core.miners.basis_pairs` ("adaptive": T1 = mu+, T2 = mu-; "boundary": both at the
-    equal-density point of the tracked Gaussians; "crossed": T1 = mu-, T2 = mu+; "fixed":
-    t1, t2). require_label_agreement: P also needs equal pseudo labels, N different ones.
+    name: the miner (`slade_core.miners.MINERS`). thresholds, from the tracked means of the
+    positive / negative pair similarities: "crossed" T1 = mu-, T2 = mu+ (only the pairs the
+    basis finds hard); "adaptive" T1 = mu+, T2 = mu- (the poster's literal reading).
     """
 
+    removed: ClassVar[dict[str | tuple[str, str], str]] = {
+        ("thresholds", "boundary"): "use 'crossed' (the default) or 'adaptive'",
+        ("thresholds", "fixed"): "use 'crossed' (the default) or 'adaptive'",
+        "t1": "fixed thresholds were removed; thresholds come from the tracked means "
+        "('crossed' or 'adaptive'); delete it",
+        "t2": "fixed thresholds were removed; thresholds come from the tracked means "
+        "('crossed' or 'adaptive'); delete it",
+        "require_label_agreement": "P always needs equal pseudo labels and N different "
+        "ones (formerly require_label_agreement: true); delete it",
+    }
+
     name: Literal["basis_pairs"] = "basis_pairs"
-    thresholds: Literal["adaptive", "boundary", "crossed", "fixed"] = "crossed"
-    t1: float = 0.7
-    t2: float = 0.3
-    require_label_agreement: bool = True
+    thresholds: Literal["adaptive", "crossed"] = "crossed"
 
 
 class StudentConfig(StrictModel):
@@ -189,12 +222,15 @@ class StudentConfig(StrictModel):
 
     The ablation rows of the poster: use_basis=False, use_mining=False (pseudo labels only);
     use_basis=True (+ basis); use_basis=True, use_mining=True (+ basis + mining).
-    unlabeled_loss: L_rank of the pseudo-labeled half when it should differ from `loss`
-    (None: the same loss for both halves).
+    `loss` is L_rank of both halves. init_from_teacher: the student starts from the
+    teacher's weights (False: from `model.weights`).
     """
 
+    removed: ClassVar[dict[str | tuple[str, str], str]] = {
+        "unlabeled_loss": "both halves use student.loss; delete it",
+    }
+
     loss: RankingLossConfig = RankingLossConfig()
-    unlabeled_loss: RankingLossConfig | None = None
     optim: OptimConfig = OptimConfig()
     labeled_batch_size: int = Field(32, ge=2)
     unlabeled_batch_size: int = Field(32, ge=2)
@@ -217,50 +253,36 @@ class StudentConfig(StrictModel):
 class ClusterConfig(StrictModel):
     """How the unlabeled embeddings become pseudo labels (`slade_core.clustering`).
 
-    method: "ward" (the default): Ward's agglomerative clustering (each merge joins the two
-      groups whose union adds the least within-group variance) of the L2-normalised rows,
-      cut into k groups; past `ward_max_points` rows it merges a seeded sample and the other
-      rows go to the nearest group centre. It keeps a spread-out class in one group far more
-      often than k-means, and its wrong merges join look-alike classes, so the pseudo labels
-      hold more of the same-class pairs the teacher finds hard: better pair precision and
-      recall, and better students wherever the unlabeled images carry signal (bird and
-      scarce protocols; a little worse on birds_reverse, where even true labels add
-      nothing: benchmarks/README.md, round 11). "kmeans" (the paper's): spherical FAISS k-means,
-      every image gets one of k cluster ids. "mutual_neighbors": two images are linked when
-      each is among the other's `neighbors` nearest (cosine), a pseudo label is a connected
-      component of those links, and an image with no mutual neighbour gets none (the student
-      leaves it out); fewer wrong pairs, no better students (round 10). k applies to "ward"
-      and "kmeans", the other k-means fields to "kmeans" only, `neighbors` to
-      "mutual_neighbors" only.
+    method: both give every image one of k pseudo labels, fitted on L2-normalised rows.
+      "ward" (the default): Ward's agglomerative clustering (each merge joins the two groups
+      whose union adds the least within-group variance), cut into k groups; past
+      `ward_max_points` rows it merges a seeded sample and the other rows go to the nearest
+      group centre. It keeps a spread-out class in one group far more often than k-means,
+      and its wrong merges join look-alike classes, so its pseudo-label pairs are more
+      often right and cover more of the same-class pairs the teacher finds hard
+      (docs/method.md has the measurements). "kmeans" (the paper's): spherical FAISS
+      k-means with `iterations`, trained on `train_sample_size` seeded rows (None: all).
     ward_max_points: the most rows Ward merges (a seeded sample beyond it, and
       train_sample_size if smaller): its time and memory grow with their square (8,192 rows:
       about 0.5 GB and seconds).
-    anchors: "labeled_classes" holds one k-means centroid fixed at each labeled class's mean
-      direction (the teacher's embeddings of the train split), so unlabeled images of a
-      labeled class can gather under it while the other k - C centroids move (seeded
-      k-means; better on the bird validation classes, not on the test classes: round 10);
-      "none" (the paper's) trains all k.
     """
 
-    method: Literal["ward", "kmeans", "mutual_neighbors"] = "ward"
-    neighbors: int = Field(2, ge=1)
+    removed: ClassVar[dict[str | tuple[str, str], str]] = {
+        ("method", "mutual_neighbors"): "use 'ward' (the default) or 'kmeans'",
+        "neighbors": "it served cluster.method 'mutual_neighbors', which was removed; delete it",
+        "anchors": "k-means centroids are no longer held at the labeled classes' means; all "
+        "k centroids train, as in the paper; delete it",
+        "n_init": "k-means trains once per seed; delete it",
+        "max_points_per_centroid": "k-means trains on train_sample_size rows (None: all, "
+        "FAISS subsampling to 256 per centroid); delete it",
+    }
+
+    method: Literal["ward", "kmeans"] = "ward"
     ward_max_points: int = Field(8192, ge=2)
-    anchors: Literal["none", "labeled_classes"] = "none"
     k: int = Field(100, ge=2)
     iterations: int = Field(25, ge=1)
     seed: int = 0
-    n_init: int = Field(1, ge=1)
-    max_points_per_centroid: int = Field(256, ge=1)
     train_sample_size: int | None = Field(None, ge=2)
-
-    @model_validator(mode="after")
-    def _anchors_need_kmeans(self) -> ClusterConfig:
-        if self.anchors != "none" and self.method != "kmeans":
-            raise ValueError(
-                f"cluster.anchors={self.anchors!r} anchors k-means centroids; it needs "
-                f"cluster.method='kmeans' (got {self.method!r})"
-            )
-        return self
 
 
 class ShardConfig(StrictModel):
@@ -306,6 +328,8 @@ class PipelineConfig(StrictModel):
     """Everything one pipeline run needs, validated up front.
 
     `data` is the dataset part of the preset (slade_core.data.preset.DataPreset).
+    rounds: self-training rounds; each clusters the previous round's student (the teacher
+    first) and trains the next student from it, on those pseudo labels.
     """
 
     preset: str

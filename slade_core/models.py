@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from timm.models import group_parameters
 from torch import nn
 
-from slade_core.checkpoints import read_checkpoint
+from slade_core.checkpoints import checkpoint_spec, read_checkpoint
 from slade_core.config import ModelConfig
 from slade_core.trunk import TrunkMode
 from slade_core.weights import bare_trunk, load_exact, starting_trunk
@@ -50,12 +50,7 @@ class EmbeddingNet(nn.Module):
         self.trunk = trunk
         self.trunk_dim = int(trunk.num_features)
         d = spec.embedding_dim
-        if spec.head == "linear":
-            self.head = nn.Linear(self.trunk_dim, d)
-        else:
-            self.head = nn.Sequential(
-                nn.Linear(self.trunk_dim, self.trunk_dim), nn.GELU(), nn.Linear(self.trunk_dim, d)
-            )
+        self.head = nn.Linear(self.trunk_dim, d)
         _init_head(self.head)
         self._frozen_modules: list[str] = []
         _apply_trainable_blocks(self, self.mode.blocks)
@@ -120,8 +115,8 @@ class EmbeddingNet(nn.Module):
         return self
 
 
-def _init_head(head: nn.Module) -> None:
-    """Start every head weight as a (semi-)orthogonal matrix.
+def _init_head(head: nn.Linear) -> None:
+    """Start the head's weight as a (semi-)orthogonal matrix.
 
     With d <= trunk_dim the linear head's rows are orthonormal, so a fresh head is a random
     orthogonal projection of the trunk features (an isometry when d == trunk_dim): it keeps
@@ -131,9 +126,7 @@ def _init_head(head: nn.Module) -> None:
     PyTorch's default small uniform init. Only fresh heads are affected: a checkpoint's head
     weights still load over it.
     """
-    for layer in head.modules():
-        if isinstance(layer, nn.Linear):
-            nn.init.orthogonal_(layer.weight)
+    nn.init.orthogonal_(head.weight)
 
 
 def _apply_trainable_blocks(model: EmbeddingNet, n: int) -> None:
@@ -238,7 +231,7 @@ def load_model(
     """Rebuild a model from a slade checkpoint (no weight download: all weights are in it)."""
     path = Path(path)
     obj = read_checkpoint(path, map_location)
-    spec = ModelConfig.model_validate(obj["spec"])
+    spec = ModelConfig.model_validate(checkpoint_spec(obj))
     model = EmbeddingNet(spec, bare_trunk(spec.backbone))
     load_exact(model, obj["state_dict"], str(path))
     return model.to(map_location), obj["meta"]

@@ -4,7 +4,7 @@ k-means cuts the embedding space into cells of similar size, so a class whose im
 spread out lands in several clusters, and the same-class pairs the teacher finds hardest are
 never a pseudo-positive pair. Ward's rule merges, at every step, the two groups whose union
 adds the least within-group variance, so a spread-out class tends to stay whole and a wrong
-merge joins neighbouring classes rather than unrelated ones (benchmarks/README.md, round 11).
+merge joins neighbouring classes rather than unrelated ones.
 
 Memory is one dense [m, m] float64 matrix (m = rows merged), so the pseudo-label stage
 merges a seeded sample past `cluster.ward_max_points` rows.
@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from slade_core.directions import mean_directions
 
 
 @dataclass(frozen=True)
@@ -96,11 +98,8 @@ def ward_tree(x: np.ndarray) -> WardTree:
 
 def ward_groups(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(int64 group of each unit row of x in Ward's cut into k, unit-norm float32 [k, d] mean
-    direction of each group). The rows keep their group; other rows go to the nearest centre.
-    Reassigning the merged rows to their nearest centre too would move exactly the boundary
-    rows Ward kept with their group, and cost the student (round 11)."""
+    direction of each group). The rows keep their group; other rows go to the nearest centre
+    (reassigning the merged rows too would move exactly the boundary rows Ward kept with
+    their group)."""
     groups = ward_tree(x).cut(k)
-    sums = np.zeros((k, x.shape[1]), dtype=np.float64)
-    np.add.at(sums, groups, x)
-    centres = (sums / np.linalg.norm(sums, axis=1, keepdims=True)).astype(np.float32)
-    return groups, centres
+    return groups, mean_directions(x, groups, k)

@@ -76,8 +76,8 @@ def _load_weights_file(spec: ModelConfig, trunk: nn.Module) -> dict[str, torch.T
     if is_checkpoint(obj):
         state = obj["state_dict"]
         trunk_state = {k[6:]: v for k, v in state.items() if k.startswith("trunk.")}
-        old = obj["spec"]
-        if old.get("head") == spec.head and old.get("embedding_dim") == spec.embedding_dim:
+        old = obj["spec"]  # a checkpoint from before heads were all linear may record "mlp"
+        if old.get("head", "linear") == "linear" and old.get("embedding_dim") == spec.embedding_dim:
             head_state = {k[5:]: v for k, v in state.items() if k.startswith("head.")}
     else:
         trunk_state = _unwrap_state_dict(obj, path)

@@ -94,9 +94,9 @@ def test_paired_verdict_sees_a_consistent_gap_that_the_seed_spread_hides(birds):
 
 
 def test_overrides_parse_json_values_and_reject_missing_equals(birds):
-    assert birds.parse_overrides(["student.lambda1=0.5", "model.head=mlp", "a.b=true"]) == {
+    assert birds.parse_overrides(["student.lambda1=0.5", "model.batchnorm=train", "a.b=true"]) == {
         "student.lambda1": 0.5,
-        "model.head": "mlp",
+        "model.batchnorm": "train",
         "a.b": True,
     }
     with pytest.raises(SystemExit, match="KEY=VALUE"):

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from benchmark_scripts import load_benchmark
+
+from slade_core.decoded import stored_size
 
 
 @pytest.mark.timeout(300)
@@ -25,10 +28,14 @@ def test_throughput_benchmark_reports_every_figure(tmp_path, capsys):
     assert result["image_source"] == "generated 500x375 JPEGs" and result["images"] == 32
     figures = {"bare", "teacher", "student", "teacher_pil", "data_path"}
     assert set(result["img_s"]) == figures
-    assert all(v > 0 for v in result["img_s"].values())
     assert all(len(v) == 2 for v in result["img_s_per_round"].values())
-    assert set(result["ratios"]) == {"teacher/bare", "student/bare", "teacher_pil/bare"}
     # each figure is its best round: a shared machine only ever slows a round down
     assert all(result["img_s"][n] == max(v) for n, v in result["img_s_per_round"].items())
-    assert all(v > 0 for v in result["ratios"].values())
-    assert result["decode_pass_img_s"] > 0 and list((tmp_path / "cache").glob("decoded-*.npy"))
+    img_s = result["img_s"]
+    assert result["ratios"] == {
+        f"{name}/bare": round(img_s[name] / img_s["bare"], 3)
+        for name in ("teacher", "student", "teacher_pil")
+    }
+    (cache,) = (tmp_path / "cache").glob("decoded-*.npy")  # the decode pass filled it
+    side = stored_size(32)
+    assert np.load(cache, mmap_mode="r").shape == (32, side, side, 3)

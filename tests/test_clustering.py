@@ -6,10 +6,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from slade_core.clustering import (
+    cluster_rows,
     cluster_size_stats,
     label_agreement,
     make_pseudo_labels,
-    spherical_kmeans,
+    sample_rows,
+    train_centroids,
+    write_pseudo_labels,
 )
 from slade_core.config import ClusterConfig
 from slade_core.embeddings import embeddings_schema
@@ -24,48 +27,54 @@ def blobs(n=300, dim=8, k=3, seed=0, spread=0.05):
     return (x + spread * rng.standard_normal((n, dim))).astype(np.float32), truth
 
 
+def kmeans(k, **cfg):
+    return ClusterConfig(method="kmeans", k=k, **cfg)
+
+
 def test_same_seed_same_result_and_separated_blobs_recovered():
     x, truth = blobs()
-    a = spherical_kmeans(x, 3, iterations=10, seed=4)
-    b = spherical_kmeans(x, 3, iterations=10, seed=4)
-    np.testing.assert_array_equal(a.assignments, b.assignments)
-    np.testing.assert_array_equal(a.centroids, b.centroids)
-    assert a.assignments.dtype == np.int64 and a.distances.dtype == np.float32
-    assert label_agreement(a.assignments, truth)["purity"] == 1.0
-    np.testing.assert_allclose(np.linalg.norm(a.centroids, axis=1), 1.0, atol=1e-5)
+    labels, distances = cluster_rows(x, kmeans(3, iterations=10, seed=4))
+    again, _ = cluster_rows(x, kmeans(3, iterations=10, seed=4))
+    np.testing.assert_array_equal(labels, again)
+    assert labels.dtype == np.int64 and distances.dtype == np.float32
+    assert label_agreement(labels, truth)["purity"] == 1.0
+    centroids = train_centroids(x / np.linalg.norm(x, axis=1, keepdims=True), 3, 10, 4)
+    np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1.0, atol=1e-5)
 
 
 def test_sample_train_then_assign_every_point():
     x, _ = blobs(n=500, k=4, spread=0.3, seed=1)
-    result = spherical_kmeans(x, 4, iterations=5, seed=0, train_sample_size=60)
-    assert result.assignments.shape == result.distances.shape == (500,)
+    labels, distances = cluster_rows(x, kmeans(4, iterations=5, seed=0, train_sample_size=60))
+    assert labels.shape == distances.shape == (500,)
     unit = x / np.linalg.norm(x, axis=1, keepdims=True)
-    sq = ((unit[:, None, :] - result.centroids[None]) ** 2).sum(-1)
-    np.testing.assert_array_equal(result.assignments, sq.argmin(axis=1))
-    np.testing.assert_allclose(result.distances, sq.min(axis=1), atol=1e-5)
-    again = spherical_kmeans(x, 4, iterations=5, seed=0, train_sample_size=60)
-    np.testing.assert_array_equal(result.assignments, again.assignments)
+    rows = sample_rows(500, 4, 0, 60)
+    assert len(rows) == 60 and (np.diff(rows) > 0).all()
+    centroids = train_centroids(unit[rows], 4, 5, 0)
+    sq = ((unit[:, None, :] - centroids[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(labels, sq.argmin(axis=1))
+    np.testing.assert_allclose(distances, sq.min(axis=1), atol=1e-5)
 
 
-def test_bad_inputs_are_explained():
+@pytest.mark.parametrize("method", ["kmeans", "ward"])
+def test_bad_inputs_are_explained(method):
     x, _ = blobs(n=10)
     with pytest.raises(ValueError, match="k=11 clusters but only 10 points"):
-        spherical_kmeans(x, 11)
+        cluster_rows(x, ClusterConfig(method=method, k=11))
     with pytest.raises(ValueError, match="k >= 2"):
-        spherical_kmeans(x, 1)
+        sample_rows(10, 1, 0, None)
     with pytest.raises(ValueError, match="smaller than k"):
-        spherical_kmeans(x, 5, train_sample_size=4)
+        cluster_rows(x, ClusterConfig(method=method, k=5, train_sample_size=4))
     bad = x.copy()
     bad[[2, 7]] = np.nan
     bad[8, 0] = np.inf
     with pytest.raises(
         ValueError, match=r"3 embedding rows contain NaN or inf \(first rows: \[2, 7, 8\]"
     ):
-        spherical_kmeans(bad, 2)
+        cluster_rows(bad, ClusterConfig(method=method, k=2))
     zero = x.copy()
     zero[4] = 0
     with pytest.raises(ValueError, match=r"1 embedding rows are zero vectors \(first rows: \[4\]"):
-        spherical_kmeans(zero, 2)
+        cluster_rows(zero, ClusterConfig(method=method, k=2))
 
 
 def test_cluster_size_stats():
@@ -133,52 +142,31 @@ def test_make_pseudo_labels_writes_contract_schema(tmp_path):
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["pl.parquet"]
 
     labeled = make_pseudo_labels(tmp_path / "emb.parquet", tmp_path / "pl2.parquet", cfg, "train")
-    assert labeled.stats["n_labeled"] == 20 and 0 < labeled.stats["purity"] <= 1
-    assert 0 <= labeled.stats["nmi"] <= 1
+    assert labeled.stats["n_labeled"] == 20  # three separated blobs: recovered exactly
+    assert labeled.stats["purity"] == 1.0 and labeled.stats["nmi"] == pytest.approx(1.0)
 
     with pytest.raises(ValueError, match="no rows with split='test'"):
         make_pseudo_labels(tmp_path / "emb.parquet", tmp_path / "pl3.parquet", cfg, "test")
 
 
-def test_anchors_stay_fixed_as_the_first_centroids_and_gather_their_points():
-    x, truth = blobs(n=300, k=3, spread=0.05, seed=5)
-    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
-    anchors = np.stack([unit[truth == c].mean(0) for c in (2, 0)])
-    anchors /= np.linalg.norm(anchors, axis=1, keepdims=True)
-    result = spherical_kmeans(x, 4, iterations=10, seed=1, anchors=anchors)
-    np.testing.assert_allclose(result.centroids[:2], anchors, atol=1e-5)
-    assert (result.assignments[truth == 2] == 0).all()  # blob 2 gathers under anchor 0
-    assert (result.assignments[truth == 0] == 1).all()
-    assert (result.assignments[truth == 1] >= 2).all()  # the free centroids take the rest
-    with pytest.raises(ValueError, match="raise cluster.k above 2"):
-        spherical_kmeans(x, 2, anchors=anchors)
+def test_write_pseudo_labels_is_the_file_the_student_reads(tmp_path):
+    path = write_pseudo_labels(tmp_path / "new" / "pl.parquet", ["b", "a"], [7, 3])
+    table = pq.read_table(path)
+    assert table.column_names == ["image_id", "cluster", "distance"]
+    assert table.schema.field("cluster").type == pa.int64()
+    assert table.schema.field("distance").type == pa.float32()
+    assert table.column("image_id").to_pylist() == ["b", "a"]  # order kept
+    assert table.column("cluster").to_pylist() == [7, 3]
+    assert table.column("distance").to_pylist() == [0.0, 0.0]  # no centre: 0
+    assert [p.name for p in path.parent.iterdir()] == ["pl.parquet"]  # no temporary left
 
 
-def test_pseudo_labels_anchored_at_the_labeled_classes(tmp_path):
-    x, truth = blobs(n=200, k=5, spread=0.05, seed=6)
-    # blobs 0-3 are labeled classes 10-13 (some of their rows labeled), blob 4 is novel
-    labeled = (np.arange(200) < 80) & (truth < 4)
-    x = np.concatenate([x[labeled], x[~labeled]])
-    truth = np.concatenate([truth[labeled], truth[~labeled]])
-    n = int(labeled.sum())
-    splits = ["train"] * n + ["unlabeled"] * (200 - n)
-    labels = [10 + int(t) for t in truth[:n]] + [-1] * (200 - n)
-    write_embeddings(tmp_path / "emb.parquet", x, splits, labels)
-    cfg = ClusterConfig(method="kmeans", k=10, iterations=10, anchors="labeled_classes")
-    result = make_pseudo_labels(tmp_path / "emb.parquet", tmp_path / "pl.parquet", cfg)
-    clusters = pq.read_table(result.path).column("cluster").to_numpy()
-    unlabeled = truth[n:]
-    # class 10 + c is anchor c (labels in order): it takes only blob c, and most of it
-    for c in range(4):
-        assert set(unlabeled[clusters == c]) == {c}
-        assert (clusters[unlabeled == c] == c).mean() > 0.5
-    assert (clusters[unlabeled == 4] >= 4).all()  # the novel blob goes to free centroids
-
-    write_embeddings(tmp_path / "unl.parquet", x[n:], splits[n:], labels[n:])
-    with pytest.raises(ValueError, match="needs the labeled .split 'train'. rows"):
-        make_pseudo_labels(tmp_path / "unl.parquet", tmp_path / "pl2.parquet", cfg)
-
-
-def test_anchors_need_kmeans():
-    with pytest.raises(ValueError, match="needs cluster.method='kmeans'"):
-        ClusterConfig(method="mutual_neighbors", anchors="labeled_classes")
+@pytest.mark.parametrize(
+    ("option", "replacement"),
+    [({"method": "mutual_neighbors"}, "'ward' .* or 'kmeans'"), ({"neighbors": 2}, "delete it"),
+     ({"anchors": "labeled_classes"}, "all k centroids train"), ({"n_init": 3}, "once"),
+     ({"max_points_per_centroid": 64}, "train_sample_size")],
+)  # fmt: skip
+def test_removed_cluster_options_say_what_replaced_them(option, replacement):
+    with pytest.raises(ValueError, match=f"{next(iter(option))}.* was removed: .*{replacement}"):
+        ClusterConfig(**option)

@@ -24,11 +24,51 @@ def preset_file(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("name", available_presets())
-def test_every_shipped_preset_loads(name):
-    config = load_experiment(name)
-    assert isinstance(config, PipelineConfig)
-    assert config.preset == name
+REPO = PRESETS_DIR.parents[1]
+SHIPPED = sorted(PRESETS_DIR.glob("*.yaml")) + sorted((REPO / "benchmarks/presets").glob("*.yaml"))
+
+
+def _settings(tree, prefix=""):
+    """(dotted key, value) of every leaf of a preset's mapping."""
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            yield from _settings(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def test_presets_are_shipped_for_the_pipeline_and_the_benchmarks():
+    assert {p.parent.name for p in SHIPPED} == {"presets"}
+    assert {p.parent.parent.name for p in SHIPPED} == {"data_manifests", "benchmarks"}
+    assert [p.stem for p in SHIPPED if p.parent == PRESETS_DIR] == available_presets()
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: f"{p.parent.parent.name}/{p.stem}")
+def test_every_shipped_preset_loads_and_holds_what_it_sets(path):
+    config = load_experiment(path)
+    assert isinstance(config, PipelineConfig) and config.preset == path.stem
+    raw = yaml.safe_load(path.read_text())
+    raw.pop("description", None)
+    dumped = config.model_dump(mode="json")
+    for key, value in _settings({k: v for k, v in raw.items() if k != "data"}):
+        held = dumped
+        for part in key.split("."):
+            held = held[part]
+        assert held == (list(value) if isinstance(value, tuple) else value), key
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [({"cluster.method": "mutual_neighbors"}, "cluster: .*method='mutual_neighbors' was removed"),
+     ({"cluster.anchors": "labeled_classes"}, "cluster: .*anchors was removed"),
+     ({"student.basis.ce_labels": "joint"}, "student.basis: .*ce_labels was removed"),
+     ({"student.mining.thresholds": "boundary"}, "student.mining: .*'crossed'"),
+     ({"student.unlabeled_loss": {"name": "contrastive"}}, "both halves use student.loss"),
+     ({"model.head": "mlp"}, "model: .*head was removed")],
+)  # fmt: skip
+def test_an_override_naming_a_removed_option_says_what_replaced_it(overrides, message):
+    with pytest.raises(ExperimentError, match=message):
+        load_experiment("quickstart", overrides)
 
 
 def test_quickstart_is_shipped():

@@ -197,7 +197,7 @@ def test_stage_artifacts_have_their_schemas(scenario):
     emb = pq.read_table(_stage_dir(scenario, "extract_embeddings") / "embeddings.parquet")
     assert emb.column_names == ["image_id", "split", "label", "embedding"]
     assert emb.schema.metadata[b"slade.dim"] == b"16"
-    assert set(emb.column("split").to_pylist()) == {"train", "unlabeled"}
+    assert set(emb.column("split").to_pylist()) == {"unlabeled"}
 
     labels = pq.read_table(_stage_dir(scenario, "cluster") / "pseudo_labels.parquet")
     assert labels.column_names == ["image_id", "cluster", "distance"]

@@ -309,17 +309,24 @@ def test_ce_regularizers_degenerate_batches(reg):
 
 
 def test_build_basis_regularizer_from_config():
+    labels = torch.tensor([0, 0, 1, 1])  # SIM: mu+ 0.7 var+ 0.01; mu- 0.25 var- 0.0125
     sd = build_basis_regularizer(
-        BasisConfig(regularizer="sd", momentum=0.9, sd_margin=0.2, sd_lambda=3.0)
+        BasisConfig(regularizer="sd", momentum=0.9, sd_margin=0.5, sd_lambda=3.0)
     )
-    assert isinstance(sd, SimilarityDistributionLoss)
-    assert (sd.moments.momentum, sd.margin, sd.lam) == (0.9, 0.2, 3.0)
-    assert isinstance(
-        build_basis_regularizer(BasisConfig(regularizer="local_ce")), LocalSimilarityCE
-    )
+    # hinge 0.25 - 0.7 + 0.5 = 0.05, weighted by sd_lambda
+    assert sd(SIM, labels).item() == pytest.approx(0.01 + 0.0125 + 3.0 * 0.05, abs=1e-6)
+    sd(SIM * 0.5, labels)  # mu+ of this batch 0.35, blended with momentum 0.9
+    assert sd.stats()["mu_pos"] == pytest.approx(0.9 * 0.7 + 0.1 * 0.35)
     glob = build_basis_regularizer(BasisConfig(regularizer="global_ce", momentum=0.5))
-    assert isinstance(glob, GlobalSimilarityCE) and glob.moments.momentum == 0.5
+    glob(SIM, labels)
+    glob(SIM * 0.5, labels)
+    assert glob.stats()["mu_pos"] == pytest.approx(0.5 * 0.7 + 0.5 * 0.35)
+    local = build_basis_regularizer(BasisConfig(regularizer="local_ce"))
+    assert local(SIM, labels).item() == pytest.approx(LocalSimilarityCE()(SIM, labels).item())
+    assert local(SIM, labels).item() != pytest.approx(glob(SIM, labels).item())
     assert build_basis_regularizer(BasisConfig(regularizer="none")) is None
+    with pytest.raises(ValueError, match="unknown basis regularizer 'l2'"):
+        build_basis_regularizer(BasisConfig.model_construct(regularizer="l2"))
 
 
 def test_build_ranking_loss_from_config():

@@ -9,7 +9,7 @@ import torch
 
 from slade_core.config import MiningConfig, RankingLossConfig
 from slade_core.losses import build_ranking_loss
-from slade_core.miners import MINERS, BasisPairMiner, build_miner, decision_boundary
+from slade_core.miners import BasisPairMiner, build_miner
 
 # 4 samples, pseudo labels [0, 0, 1, 1].
 SIM = torch.tensor(
@@ -38,24 +38,11 @@ def mine(mu_pos=None, mu_neg=None, **cfg):
     return pair_set(a1, p), pair_set(a2, n)
 
 
-def test_fixed_thresholds_without_label_agreement():
-    pos, neg = mine(thresholds="fixed", t1=0.7, t2=0.3, require_label_agreement=False)
-    assert pos == both_ways((0, 1), (0, 3))  # diagonal never mined
-    assert neg == both_ways((0, 2), (1, 3))
-
-
-def test_fixed_thresholds_with_label_agreement():
-    pos, neg = mine(thresholds="fixed", t1=0.7, t2=0.3, require_label_agreement=True)
-    assert pos == both_ways((0, 1))  # (0, 3) is similar but pseudo labels disagree
-    assert neg == both_ways((0, 2), (1, 3))
-
-
-def test_adaptive_thresholds_use_tracked_means():
-    pos, neg = mine(0.45, 0.2, thresholds="adaptive", require_label_agreement=False)
-    assert pos == both_ways((0, 1), (0, 3), (1, 2))
-    assert neg == both_ways((0, 2), (1, 3))
-    pos, neg = mine(0.45, 0.2, thresholds="adaptive", require_label_agreement=True)
-    assert pos == both_ways((0, 1))
+def test_adaptive_thresholds_keep_the_pseudo_label_pairs_beyond_the_tracked_means():
+    # T1 = mu+ = 0.45, T2 = mu- = 0.2: positive (0, 1) at 0.9 stays, (2, 3) at 0.4 goes;
+    # negatives at or below 0.2 stay; (0, 3) at 0.75 is similar but its labels disagree
+    pos, neg = mine(0.45, 0.2, thresholds="adaptive")
+    assert pos == both_ways((0, 1))  # diagonal never mined
     assert neg == both_ways((0, 2), (1, 3))
 
 
@@ -63,20 +50,19 @@ def test_adaptive_needs_stats():
     miner = BasisPairMiner(MiningConfig(thresholds="adaptive"))
     with pytest.raises(ValueError, match="mu_pos"):
         miner.mine(SIM, LABELS)
-    with pytest.raises(ValueError, match="fixed"):
+    with pytest.raises(ValueError, match="warm-up"):
         miner.mine(SIM, LABELS, {"mu_pos": math.nan, "mu_neg": 0.1})
 
 
-def test_contradictory_pairs_are_dropped():
-    # T1 <= T2: pairs with 0.4 <= s <= 0.5 would be both positive and negative
-    pos, neg = mine(0.4, 0.5, thresholds="adaptive", require_label_agreement=False)
-    assert not pos & neg
-    assert (1, 2) not in pos | neg and (2, 3) not in pos | neg
-    assert (0, 1) in pos and (0, 2) in neg
+def test_a_pair_is_positive_or_negative_by_its_labels_whatever_the_thresholds():
+    # T1 <= T2 (0.4 <= s <= 0.5 passes both): the labels still decide the side
+    pos, neg = mine(0.4, 0.5, thresholds="adaptive")
+    assert pos == both_ways((0, 1), (2, 3))
+    assert neg == both_ways((0, 2), (1, 2), (1, 3))  # (0, 3) at 0.75 is above T2
 
 
 def test_bad_shapes_are_rejected():
-    miner = BasisPairMiner(MiningConfig(thresholds="fixed"))
+    miner = BasisPairMiner(MiningConfig())
     with pytest.raises(ValueError, match=r"\[B, B\]"):
         miner.mine(SIM[:3], LABELS)
     with pytest.raises(ValueError, match="pseudo_labels"):
@@ -84,8 +70,7 @@ def test_bad_shapes_are_rejected():
 
 
 def test_mined_pairs_feed_the_ranking_loss():
-    miner = BasisPairMiner(MiningConfig(thresholds="fixed", t1=0.7, t2=0.3))
-    pairs = miner.mine(SIM, LABELS)
+    pairs = BasisPairMiner(MiningConfig()).mine(SIM, LABELS, {"mu_pos": 0.8, "mu_neg": 0.3})
     x = torch.nn.functional.normalize(torch.randn(4, 3), dim=1).requires_grad_(True)
     loss = build_ranking_loss(RankingLossConfig(name="multi_similarity"))(x, LABELS, pairs=pairs)
     loss.backward()
@@ -95,37 +80,27 @@ def test_mined_pairs_feed_the_ranking_loss():
 def test_crossed_thresholds_only_veto_pairs_beyond_the_other_sides_mean():
     # T1 = mu- = 0.3, T2 = mu+ = 0.8; with agreement: positives (0,1) 0.9 and (2,3) 0.4 stay,
     # negatives above 0.8 would go (none here), all four negatives stay
-    pos, neg = mine(0.8, 0.3, thresholds="crossed", require_label_agreement=True)
+    pos, neg = mine(0.8, 0.3, thresholds="crossed")
     assert pos == both_ways((0, 1), (2, 3))
     assert neg == both_ways((0, 2), (0, 3), (1, 2), (1, 3))
-    pos, _ = mine(0.8, 0.45, thresholds="crossed", require_label_agreement=True)
+    pos, _ = mine(0.8, 0.45, thresholds="crossed")
     assert pos == both_ways((0, 1))  # (2, 3) at 0.4 is less alike than an average negative
 
 
-def test_boundary_thresholds_split_every_pair_at_one_point():
-    moments = {"mu_pos": 0.9, "sigma_pos": 0.1, "mu_neg": 0.2, "sigma_neg": 0.1}
-    miner = BasisPairMiner(MiningConfig(thresholds="boundary", require_label_agreement=False))
-    assert miner.thresholds(moments) == pytest.approx((0.55, 0.55))
-    a1, p, a2, n = miner.mine(SIM, LABELS, moments)
-    pos, neg = pair_set(a1, p), pair_set(a2, n)
-    assert pos == both_ways((0, 1), (0, 3))  # no agreement: the basis decides alone
-    assert neg == both_ways((0, 2), (1, 2), (1, 3), (2, 3))  # every other pair
-    with pytest.raises(ValueError, match="sigma_pos"):
-        miner.mine(SIM, LABELS, {"mu_pos": 0.8, "mu_neg": 0.2})
+@pytest.mark.parametrize(
+    ("option", "replacement"),
+    [({"thresholds": "boundary"}, "crossed"), ({"thresholds": "fixed"}, "crossed"),
+     ({"t1": 0.7}, "tracked means"), ({"require_label_agreement": False}, "equal pseudo labels")],
+)  # fmt: skip
+def test_removed_mining_options_say_what_replaced_them(option, replacement):
+    with pytest.raises(ValueError, match=f"was removed: .*{replacement}"):
+        MiningConfig(**option)
 
 
-def test_decision_boundary_is_where_the_densities_meet():
-    assert decision_boundary(0.8, 0.1, 0.2, 0.1) == pytest.approx(0.5)
-    s = decision_boundary(0.9, 0.05, 0.5, 0.2)  # a narrow positive side pulls it up
-    assert 0.7 < s < 0.9
-
-    def density(x, mu, sigma):
-        return math.exp(-((x - mu) ** 2) / (2 * sigma**2)) / sigma
-
-    assert density(s, 0.9, 0.05) == pytest.approx(density(s, 0.5, 0.2), rel=1e-6)
-    assert decision_boundary(0.3, 0.1, 0.5, 0.1) == pytest.approx(0.4)  # wrong order: midpoint
-
-
-def test_miners_are_registered_by_name():
+def test_a_miner_is_built_by_its_name_and_an_unknown_name_is_refused():
     assert isinstance(build_miner(MiningConfig()), BasisPairMiner)
-    assert set(MINERS) == {"basis_pairs"}
+    unknown = MiningConfig.model_construct(name="hard_pairs", thresholds="crossed")
+    with pytest.raises(
+        ValueError, match="unknown miner 'hard_pairs'; registered: \\['basis_pairs'\\]"
+    ):
+        build_miner(unknown)

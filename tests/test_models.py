@@ -30,9 +30,8 @@ def _images(n=3, size=32) -> torch.Tensor:
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.mark.parametrize("head", ["linear", "mlp"])
-def test_output_is_normalised_and_shaped(head):
-    model = create_model(_spec(head=head)).eval()
+def test_output_is_normalised_and_shaped():
+    model = create_model(_spec()).eval()
     out = model(_images())
     assert out.shape == (3, 16)
     torch.testing.assert_close(out.norm(dim=1), torch.ones(3))
@@ -74,7 +73,7 @@ def test_trainable_blocks_all_and_too_many():
 
 
 def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
-    model = create_model(_spec(head="mlp", trainable_blocks=1))
+    model = create_model(_spec(trainable_blocks=1))
     with torch.no_grad():  # move BN statistics away from their init
         model.train()(_images(8) * 3 + 1)
     meta = {"stage": "teacher", "epoch": 3, "history": [{"loss": 0.5}]}

@@ -123,27 +123,6 @@ def test_sharded_pseudo_labels_equal_todays_on_the_same_rows(tmp_path, method, s
     assert got.schema.metadata[b"slade.k"] == b"5" and got.schema.metadata[b"slade.model"] == b"m"
 
 
-def test_sharded_anchored_pseudo_labels_equal_todays(tmp_path):
-    x, truth = blobs(n=500, k=5, spread=0.2, seed=3)
-    splits = ["train" if i % 5 == 0 else "unlabeled" for i in range(500)]
-    labels = np.where(np.arange(500) % 5 == 0, truth, -1)
-    dataset = _write_dataset(tmp_path / "embeddings.parquet", x, 64, labels, splits)
-    single = _write_dataset(tmp_path / "single", x, 500, labels, splits) / "part-00000.parquet"
-    cfg = ClusterConfig(method="kmeans", k=8, iterations=10, seed=2, anchors="labeled_classes")
-
-    today = make_pseudo_labels(single, tmp_path / "today.parquet", cfg)
-    sharded = make_sharded_pseudo_labels(dataset, tmp_path / "pseudo_labels.parquet", cfg)
-
-    expected, got = pq.read_table(today.path), read_dataset(sharded.path)
-    assert got.num_rows == 400  # the unlabeled rows only
-    assert got.column("cluster").to_pylist() == expected.column("cluster").to_pylist()
-    centroids = np.load(sharded.path / "_centroids.npy")
-    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
-    means = np.stack([unit[(labels == c)].mean(0) for c in range(5)])
-    means /= np.linalg.norm(means, axis=1, keepdims=True)
-    np.testing.assert_allclose(centroids[:5], means, atol=1e-5)  # the anchors, unmoved
-
-
 def test_assignment_calls_run_anywhere_and_give_the_same_labels(tmp_path):
     """map_parts gets one plain call per part (files in, a file out): run in other processes,
     last part first, they give the labels of the in-process default."""

@@ -33,7 +33,7 @@ def _embeddings(seed: int = 0) -> torch.Tensor:
 
 def _objective(cfg: StudentConfig) -> SladeLoss:
     torch.manual_seed(1)
-    return SladeLoss(cfg, embedding_dim=8, num_classes=2, num_clusters=2)
+    return SladeLoss(cfg, embedding_dim=8, num_classes=2)
 
 
 def test_labeled_ce_classifies_the_labeled_half_with_the_basis_rows_as_class_weights():
@@ -49,19 +49,6 @@ def test_labeled_ce_classifies_the_labeled_half_with_the_basis_rows_as_class_wei
     other[4:] = torch.tensor([3, 2, 2, 3])  # other pseudo labels: L_CE does not see them
     _, again = _objective(_config(use_mining=False))(x, other, split=4, warmup=False)
     assert float(again["loss_ce"]) == pytest.approx(float(metrics["loss_ce"]))
-
-
-def test_joint_ce_also_classifies_the_cluster_ids():
-    cfg = _config(use_mining=False)
-    cfg.basis.ce_labels = "joint"
-    objective = _objective(cfg)
-    assert objective.ce.num_classes == 4
-    x = _embeddings()
-    _, metrics = objective(x, LABELS, split=4, warmup=False)
-    other = LABELS.clone()
-    other[4:] = torch.tensor([3, 2, 2, 3])
-    _, again = _objective(cfg)(x, other, split=4, warmup=False)
-    assert float(again["loss_ce"]) != pytest.approx(float(metrics["loss_ce"]))
 
 
 def test_each_term_and_each_unlabeled_side_reports_its_gradient():

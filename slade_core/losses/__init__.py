@@ -7,12 +7,7 @@ from __future__ import annotations
 
 from slade_core.losses.basis import BasisCrossEntropy, FeatureBasis
 from slade_core.losses.ce_regularizers import GlobalSimilarityCE, LocalSimilarityCE
-from slade_core.losses.ranking import (
-    RANKING_LOSSES,
-    PairIndices,
-    RankingLoss,
-    build_ranking_loss,
-)
+from slade_core.losses.ranking import RANKING_LOSSES, RankingLoss, build_ranking_loss
 from slade_core.losses.regularizers import REGULARIZERS, build_basis_regularizer
 from slade_core.losses.similarity_distribution import (
     PairMoments,
@@ -20,6 +15,7 @@ from slade_core.losses.similarity_distribution import (
     SimilarityMoments,
 )
 from slade_core.losses.slade import SladeLoss
+from slade_core.pairs import PairIndices
 
 __all__ = [
     "RANKING_LOSSES",

@@ -56,14 +56,12 @@ class FeatureBasis(nn.Module):
 
 
 class BasisCrossEntropy(nn.Module):
-    """L_CE: softmax cross-entropy of the basis logits against (pseudo) labels.
+    """L_CE: softmax cross-entropy of the basis logits against the labeled classes.
 
-    Labels live in one space of `num_classes` ids: the trainer offsets pseudo labels by the
-    number of labeled classes (labeled ids 0..C_l-1, cluster c -> C_l + c).
     - num_classes <= size: logits = scale * r[:, :num_classes], i.e. the paper's "CE of W_a f":
       basis vector j is the class-j direction (extra basis vectors are free directions that
       the CE does not use as targets; L_SD and mining still see them through s(i, j)).
-    - num_classes > size (e.g. 100 classes + 400 clusters on a 128-vector basis): basis
+    - num_classes > size (basis.size set below the number of labeled classes): basis
       vectors cannot each be a class, so a bias-free linear classifier [num_classes, size]
       reads the class out of r: logits = scale * r C^T. Its parameters must be optimised with
       the basis (they appear in `.parameters()`; none exist in the first case).
@@ -100,7 +98,7 @@ class BasisCrossEntropy(nn.Module):
         if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
             raise ValueError(
                 f"BasisCrossEntropy labels must lie in [0, {self.num_classes}), got "
-                f"[{int(labels.min())}, {int(labels.max())}]; offset pseudo labels by the "
-                "number of labeled classes and build it with num_classes = labeled + clusters"
+                f"[{int(labels.min())}, {int(labels.max())}]: it classifies the labeled "
+                "classes 0..C_l-1 only"
             )
         return F.cross_entropy(self.logits(representation), labels)

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slade_core.losses.similarity_distribution import SimilarityMoments, pair_masks
+from slade_core.losses.similarity_distribution import SimilarityMoments
+from slade_core.pairs import upper_pair_masks
 
 
 def _check_temperature(temperature: float) -> None:
@@ -41,7 +42,7 @@ class LocalSimilarityCE(nn.Module):
     def forward(self, similarity: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         sim = similarity.float()
         size = len(sim)
-        pos, _ = pair_masks(labels.to(sim.device), size)
+        pos, _ = upper_pair_masks(labels.to(sim.device), size)
         pos = pos | pos.T
         eye = torch.eye(size, dtype=torch.bool, device=sim.device)
         log_prob = F.log_softmax((sim / self.temperature).masked_fill(eye, float("-inf")), dim=1)
@@ -73,7 +74,7 @@ class GlobalSimilarityCE(nn.Module):
         if m.mu_pos is not None and m.mu_neg is not None:
             boundary = float(m.mu_pos + m.mu_neg) / 2.0
         logits = (sim - boundary) / self.temperature
-        pos, neg = pair_masks(labels.to(sim.device), len(sim))
+        pos, neg = upper_pair_masks(labels.to(sim.device), len(sim))
         loss = sim.sum() * 0.0
         halves = [(pos, 1.0), (neg, 0.0)]
         present = [(mask, target) for mask, target in halves if bool(mask.any())]

@@ -19,8 +19,7 @@ from pytorch_metric_learning import losses as pml_losses
 from torch import nn
 
 from slade_core.config import RankingLossConfig
-
-PairIndices = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+from slade_core.pairs import PairIndices
 
 
 class RankingLoss(nn.Module):

@@ -21,6 +21,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from slade_core.pairs import upper_pair_masks
+
 
 class PairMoments(NamedTuple):
     """Mean and (population) variance of positive and negative pair similarities.
@@ -34,19 +36,14 @@ class PairMoments(NamedTuple):
     var_neg: torch.Tensor | None
 
 
-def pair_masks(labels: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Upper-triangle (i < j) masks of same-label and different-label pairs.
-
-    s is symmetric, so each unordered pair counts once; means and variances are the same as
-    over ordered pairs.
-    """
-    if labels.ndim != 1 or len(labels) != size:
-        raise ValueError(
-            f"labels must be 1-D with {size} entries (one per row), got {tuple(labels.shape)}"
-        )
-    upper = torch.ones(size, size, dtype=torch.bool, device=labels.device).triu(1)
-    same = labels[:, None] == labels[None, :]
-    return same & upper, ~same & upper
+def pair_similarities(
+    similarity: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The similarities of the batch's positive and of its negative pairs, each unordered
+    pair once: the samples of G+ and G- (their means are the batch's mu+ and mu-)."""
+    _check_square(similarity)
+    pos, neg = upper_pair_masks(labels.to(similarity.device), len(similarity))
+    return similarity[pos], similarity[neg]
 
 
 def _check_square(similarity: torch.Tensor) -> None:
@@ -95,11 +92,9 @@ class SimilarityMoments(nn.Module):
         return tuple(out)
 
     def forward(self, similarity: torch.Tensor, labels: torch.Tensor) -> PairMoments:
-        _check_square(similarity)
-        sim = similarity.float()
-        pos, neg = pair_masks(labels.to(sim.device), len(sim))
-        mu_pos, var_pos = self._track(sim[pos], "pos")
-        mu_neg, var_neg = self._track(sim[neg], "neg")
+        pos, neg = pair_similarities(similarity.float(), labels)
+        mu_pos, var_pos = self._track(pos, "pos")
+        mu_neg, var_neg = self._track(neg, "neg")
         return PairMoments(mu_pos, var_pos, mu_neg, var_neg)
 
     def restart(self) -> None:

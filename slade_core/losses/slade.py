@@ -2,14 +2,13 @@
 
     L = L_rank(D_l) + lambda1 * L_rank(D_u) + lambda2 * (L_CE + L_reg)
 
-- L_CE (`basis.ce_labels`): "labeled" classifies the labeled half against its true classes
-  with the basis vectors as class weights; "joint" classifies both halves, labeled classes
-  and cluster ids in one label space (cluster c has id C_l + c).
-- L_reg (SD, global or local CE) acts on the basis similarities s = cos(r_i, r_j) of the
-  pseudo-labeled half against its pseudo labels.
+- L_CE classifies the labeled half against its true classes with the basis vectors as
+  class weights.
+- L_reg (SD, global or local CE) acts on the basis similarities s = cos(r_i - c, r_j - c)
+  of the pseudo-labeled half against its pseudo labels (c: the joint batch's mean r).
 - Mining: L_rank(D_u) runs over the pairs a miner picks on s (slade_core.miners) instead of
   every pseudo-label pair.
-- Warm-up: while `warmup` is true only W_a (and a joint CE's classifier) learns, on detached
+- Warm-up: while `warmup` is true only W_a (and L_CE's classifier, if any) learns, on detached
   embeddings, so the basis and its tracked moments mean something before they steer the
   student; the moments at the end of warm-up are kept (`warmup_end`) next to the last warm-up
   batches' own means, to show whether they had settled. With momentum 0.99 (~100 steps of
@@ -32,10 +31,11 @@ from torch import nn
 
 from slade_core.config import StudentConfig
 from slade_core.losses.basis import BasisCrossEntropy, FeatureBasis
-from slade_core.losses.ranking import PairIndices, build_ranking_loss
+from slade_core.losses.ranking import build_ranking_loss
 from slade_core.losses.regularizers import build_basis_regularizer
-from slade_core.losses.similarity_distribution import SimilarityMoments, pair_masks
+from slade_core.losses.similarity_distribution import SimilarityMoments, pair_similarities
 from slade_core.miners import build_miner
+from slade_core.pairs import PairIndices, all_pairs
 
 TERMS = ("rank", "rank_unlabeled", "ce", "reg")
 PAIR_METRICS = (
@@ -46,15 +46,6 @@ PAIR_METRICS = (
     "mined_pos_precision",
     "mined_neg_precision",
 )
-
-
-def all_pairs(labels: torch.Tensor) -> PairIndices:
-    """Every ordered same-label / different-label pair of a batch (PML's all-pairs tuple)."""
-    same = labels[:, None] == labels[None, :]
-    off_diag = ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
-    a1, p = torch.where(same & off_diag)
-    a2, n = torch.where(~same)
-    return a1, p, a2, n
 
 
 def _precision(hidden: torch.Tensor, a: torch.Tensor, b: torch.Tensor, same: bool) -> float:
@@ -70,14 +61,11 @@ def _precision(hidden: torch.Tensor, a: torch.Tensor, b: torch.Tensor, same: boo
 class SladeLoss(nn.Module):
     """The SLADE objective; owns the basis, the miner and everything with state."""
 
-    def __init__(
-        self, student: StudentConfig, embedding_dim: int, num_classes: int, num_clusters: int
-    ) -> None:
+    def __init__(self, student: StudentConfig, embedding_dim: int, num_classes: int) -> None:
         super().__init__()
         self.cfg = student
         self.num_classes = num_classes
         self.ranking = build_ranking_loss(student.loss)
-        self.unlabeled_ranking = build_ranking_loss(student.unlabeled_loss or student.loss)
         self.basis = self.ce = self.regularizer = self.tracker = None
         self.miner = build_miner(student.mining) if student.use_mining else None
         self.warmup_end: dict[str, float] = {}
@@ -85,8 +73,7 @@ class SladeLoss(nn.Module):
         if student.use_basis:
             basis = student.basis
             self.basis = FeatureBasis(embedding_dim, basis.size or num_classes)
-            ce_classes = num_classes + (num_clusters if basis.ce_labels == "joint" else 0)
-            self.ce = BasisCrossEntropy(self.basis.size, ce_classes)
+            self.ce = BasisCrossEntropy(self.basis.size, num_classes)
             self.regularizer = build_basis_regularizer(basis)
             if self.moments is None:  # local_ce / none track nothing: track mu/sigma here
                 self.tracker = SimilarityMoments(basis.momentum)
@@ -121,13 +108,10 @@ class SladeLoss(nn.Module):
         similarity = None
         if self.basis is not None:
             representation = self.basis(embeddings.detach() if warmup else embeddings)
-            center = representation.mean(dim=0) if self.cfg.basis.center else None
+            center = representation.mean(dim=0)
             similarity = self.basis.similarity(representation[split:], center)
             metrics.update(self._settling(similarity.detach(), pseudo, warmup))
-            if self.cfg.basis.ce_labels == "joint":
-                metrics["loss_ce"] = self.ce(representation, labels)
-            else:
-                metrics["loss_ce"] = self.ce(representation[:split], labels[:split])
+            metrics["loss_ce"] = self.ce(representation[:split], labels[:split])
             terms["ce"] = self.cfg.lambda2 * metrics["loss_ce"]
             if self.regularizer is not None:
                 metrics["loss_reg"] = self.regularizer(similarity, pseudo)
@@ -138,7 +122,7 @@ class SladeLoss(nn.Module):
         if not warmup:
             metrics["loss_rank"] = self.ranking(embeddings[:split], labels[:split])
             pairs = self._pairs(similarity, pseudo)
-            metrics["loss_rank_unlabeled"] = self.unlabeled_ranking(unl, pseudo, pairs=pairs)
+            metrics["loss_rank_unlabeled"] = self.ranking(unl, pseudo, pairs=pairs)
             metrics["mined_pos"] = float(len(pairs[0]))
             metrics["mined_neg"] = float(len(pairs[2]))
             terms["rank"] = metrics["loss_rank"]
@@ -174,7 +158,7 @@ class SladeLoss(nn.Module):
         }
         parts = dict(terms)
         for name, side in sides.items():
-            parts[name] = self.cfg.lambda1 * self.unlabeled_ranking(unl, pseudo, pairs=side)
+            parts[name] = self.cfg.lambda1 * self.ranking(unl, pseudo, pairs=side)
         out = {}
         for name, term in parts.items():
             if not term.requires_grad:
@@ -188,10 +172,10 @@ class SladeLoss(nn.Module):
     ) -> dict[str, float]:
         """This batch's mean positive / negative basis similarity; at the first joint step,
         records the tracked means against the last warm-up batches' (`warmup_end`)."""
-        pos, neg = pair_masks(pseudo, len(similarity))
+        pos, neg = pair_similarities(similarity, pseudo)
         batch = (
-            float(similarity[pos].mean()) if bool(pos.any()) else math.nan,
-            float(similarity[neg].mean()) if bool(neg.any()) else math.nan,
+            float(pos.mean()) if pos.numel() else math.nan,
+            float(neg.mean()) if neg.numel() else math.nan,
         )
         if warmup:
             self._recent = [*self._recent[-49:], batch]

@@ -7,11 +7,11 @@
 from __future__ import annotations
 
 from slade_core.config import MiningConfig
-from slade_core.miners.basis_pairs import BasisPairMiner, decision_boundary
+from slade_core.miners.basis_pairs import BasisPairMiner
 
 MINERS = {"basis_pairs": BasisPairMiner}
 
-__all__ = ["MINERS", "BasisPairMiner", "build_miner", "decision_boundary"]
+__all__ = ["MINERS", "BasisPairMiner", "build_miner"]
 
 
 def build_miner(cfg: MiningConfig) -> BasisPairMiner:

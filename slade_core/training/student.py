@@ -139,7 +139,7 @@ def train_student(
     if audit_classes is not None:
         known = unlabeled["image_id"].map(audit_classes).fillna(-1).to_numpy(np.int64)
         hidden = torch.tensor(np.concatenate([np.full(len(labeled), -1), known]), device=device)
-    objective = SladeLoss(student, model.embedding_dim, n_classes, n_clusters).to(device)
+    objective = SladeLoss(student, model.embedding_dim, n_classes).to(device)
 
     def step(batch: Batch):
         split = batch.kept(lbs)
