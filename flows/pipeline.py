@@ -25,7 +25,7 @@ from slade_core.experiment import load_experiment
 from tasks.cluster import cluster_task
 from tasks.evaluate import evaluate_task
 from tasks.extract_embeddings import extract_embeddings_task
-from tasks.prepare_data import prepare_data_task
+from tasks.prepare_data import check_data, prepare_data_task
 from tasks.provenance import git_commit
 from tasks.publish import publish_task, register_task
 from tasks.stage import StageResult
@@ -118,6 +118,7 @@ def slade(
     try:
         stage = _Stages(config, parent, training_pool, pool_timeout)
         data = stage("prepare_data", {}, "prepare_data")
+        check_data(config, data)  # this run's sampler / unlabeled needs, cached index too
         teacher = current = stage("train_teacher", {"data": data}, "train_teacher")
         models = {"teacher": teacher}
         for r in range(1, config.rounds + 1):

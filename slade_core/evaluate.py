@@ -23,6 +23,7 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageOps
 
 from slade_core.config import EvalConfig, ModelConfig, RuntimeConfig
+from slade_core.data.prepare import index_protocol
 from slade_core.embeddings import (
     EmbeddingTable,
     extract_embeddings,
@@ -112,7 +113,7 @@ def evaluate(
 
     n_references = len(reference) if reference is not None else len(query)
     metrics = {
-        "protocol": protocol,
+        "protocol": index_protocol(index_path) or protocol,  # "validation": held-out classes
         "n_queries": int(len(query)),
         "n_references": int(n_references),
         "models": models,
