@@ -47,10 +47,12 @@ from slade_core.config import (
     RuntimeConfig,
     TeacherConfig,
 )
+from slade_core.data import validation
+from slade_core.data.errors import DataError
 from slade_core.data.filtering import FilterSettings
 from slade_core.data.manifest import SubsetRules
-from slade_core.data.names import NameMatcher
 from slade_core.data.prepare import prepare_data
+from slade_core.data.validation import hold_out_classes
 from slade_core.device import Precision, cpu_has_native_bf16, resolve_device
 from slade_core.embeddings import extract_embeddings, extract_trunk_features, read_embeddings
 from slade_core.experiment import load_experiment
@@ -251,39 +253,18 @@ def machine_description(device: torch.device, runtime: RuntimeConfig) -> str:
 def holdout_index(
     index_path: Path, out_path: Path, n_classes: int, settings: FilterSettings | None = None
 ) -> Path:
-    """Tuning index: the last `n_classes` training classes become the test set.
-
-    The real test rows are dropped, so choosing hyperparameters never looks at them. With
-    scarce labels the held-out classes' hidden images join their test set, and unlabeled
-    images of those species from other sets (`hidden_species`, matched with the leakage
-    filter's `settings`) are dropped, as the leakage filter does for real test classes.
-    """
+    """Tuning index: the product's validation rule (`data.validation_classes`,
+    slade_core.data.validation) on the prepared index: the last `n_classes` training classes
+    become the test set and the real test rows are dropped."""
     index = pd.read_parquet(index_path)
-    train_classes = np.unique(index.loc[index["split"] == "train", "label"])
-    if not 2 <= n_classes <= len(train_classes) - 8:
-        raise SystemExit(
-            f"--holdout {n_classes}: choose 2..{len(train_classes) - 8} of the "
-            f"{len(train_classes)} training classes (8 must stay for a batch of 8 x 4)"
+    try:
+        held, _ = hold_out_classes(
+            index, n_classes, settings or FilterSettings(), min_train_classes=8
         )
-    held = train_classes[-n_classes:]
-    index = index[index["split"] != "test"].copy()
-    held_rows = index["label"].isin(held) & (index["split"] == "train")
-    index.loc[held_rows, "split"] = "test"
-    unlabeled = index["split"] == "unlabeled"
-    if unlabeled.any():
-        species = hidden_species(index_path, settings or FilterSettings())
-        ids = index["image_id"].map(species)
-        labeled_source = index.loc[held_rows, "source"].iloc[0]
-        held_names = index.loc[held_rows].groupby("class_name")["label"].first()
-        held_species = set(ids[index["class_name"].isin(held_names.index) & unlabeled])
-        leaked = unlabeled & ids.isin(held_species)
-        moved = leaked & (index["source"] == labeled_source)
-        if moved.any():
-            index.loc[moved, "label"] = index.loc[moved, "class_name"].map(held_names)
-            index.loc[moved, "split"] = "test"
-        index = index[~(leaked & ~moved)]
+    except DataError as err:  # 8 classes stay for a batch of 8 x 4
+        raise SystemExit(f"--holdout {n_classes}: {err}") from err
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    index.reset_index(drop=True).to_parquet(out_path, index=False)
+    held.to_parquet(out_path, index=False)
     return out_path
 
 
@@ -402,30 +383,9 @@ def pseudo_label_quality(index_path: Path, pseudo_path: Path) -> dict[str, float
 
 
 def hidden_species(index_path: Path, settings: FilterSettings) -> dict[str, int]:
-    """Unlabeled image id -> hidden species id (a diagnostic the method never sees).
-
-    Species are class names; a name of one source that the leakage filter's matcher (same
-    threshold and aliases) pairs with a labeled-set name counts as that species, so the
-    labeled set's own images moved to the unlabeled side (scarce labels) and the same
-    species in another set share one id."""
-    index = pd.read_parquet(index_path, columns=["image_id", "class_name", "split", "source"])
-    labeled_source = index.loc[index["split"] != "unlabeled", "source"].iloc[0]
-    matcher = NameMatcher(
-        index.loc[index["source"] == labeled_source, "class_name"].unique(),
-        settings.aliases,
-        settings.contrast_groups,
-        settings.ignore_words,
-        settings.ignore_patterns,
-    )
-
-    def species(name: str) -> str:
-        match, known = matcher.best(name)
-        return known if known is not None and match.score >= settings.threshold else name
-
-    unlabeled = index[index["split"] == "unlabeled"]
-    names = {name: species(name) for name in unlabeled["class_name"].unique()}
-    ids = pd.factorize(unlabeled["class_name"].map(names), sort=True)[0]
-    return dict(zip(unlabeled["image_id"], ids.tolist(), strict=True))
+    """Unlabeled image id -> hidden species id (slade_core.data.validation.hidden_species)."""
+    columns = ["image_id", "class_name", "split", "source"]
+    return validation.hidden_species(pd.read_parquet(index_path, columns=columns), settings)
 
 
 def oracle_pseudo_labels(species: dict[str, int], out: Path) -> Path:

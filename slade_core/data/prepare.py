@@ -3,9 +3,13 @@
 Order: load and validate every manifest (fail before any download) -> fetch/unpack ->
 parse each layout -> split the labeled set (and hide all but N labels per training class
 when the split asks for scarce labels) -> filter the unlabeled sets against the labeled
-classes -> subset reductions -> decode-check every image (bad rows are excluded and listed)
--> remap labels to 0..C-1 over labeled rows (-1 for unlabeled) -> write both files
-atomically. Schema of index.parquet: see CONTRACTS.md / README.
+classes -> subset reductions -> with `validation_classes`, hold out the last training
+classes as the evaluation split and drop the test rows (slade_core.data.validation) ->
+decode-check every image (bad rows are excluded and listed; results cached in the downloads
+directory) -> fail if the training split or a declared unlabeled set ended empty -> remap
+labels to 0..C-1 over labeled rows (-1 for unlabeled) -> write both files atomically.
+Schema of index.parquet: see CONTRACTS.md / README; its metadata names the evaluation
+protocol (`index_protocol`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from slade_core.data.image_check import check_images, mode_counts
 from slade_core.data.parsers import parse_dataset
 from slade_core.data.preset import DataPreset, DatasetRef
 from slade_core.data.rules import apply_split, apply_subset, hide_labels
+from slade_core.data.validation import PROTOCOL as VALIDATION
+from slade_core.data.validation import hold_out_classes
 from slade_core.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
@@ -41,6 +47,9 @@ INDEX_SCHEMA = pa.schema(
     ]
 )
 LABELED_SPLITS = ("train", "test", "query", "gallery")
+PROTOCOL_KEY = b"slade.protocol"
+CHECK_CACHE = "image_check_cache.json"  # in the downloads directory, shared by every run
+EXAMPLES = 5  # paths named in an error
 
 
 @dataclass(frozen=True)
@@ -70,7 +79,7 @@ def prepare_data(data: DataPreset, out_dir: Path, downloads_dir: Path) -> Prepar
     report: dict[str, Any] = {"datasets": {}, "filter": [], "subset": {}}
 
     root = acquire(labeled_manifest, downloads_dir)
-    labeled = parse_dataset(labeled_manifest, root)
+    labeled = parse_dataset(labeled_manifest, root, labeled=True)
     labeled, dropped = apply_split(labeled, split_rule, labeled_manifest.name)
     labeled, report["subset"][labeled_manifest.name] = _subset(
         labeled, data.labeled, labeled_manifest
@@ -98,11 +107,15 @@ def prepare_data(data: DataPreset, out_dir: Path, downloads_dir: Path) -> Prepar
     duplicated = index["image_id"].duplicated()
     report["duplicates"] = index.loc[duplicated, "image_id"].tolist()
     index = index[~duplicated].reset_index(drop=True)
-    index, report["image_check"] = _check(index, data.image_check.workers)
+    if data.validation_classes:
+        index, report["validation"] = hold_out_classes(index, data.validation_classes, data.filter)
+    before = index
+    index, report["image_check"] = _check(index, data.image_check.workers, downloads_dir)
+    _require_rows(before, index, report, declared_unlabeled=bool(data.unlabeled))
     index = _remap_labels(index)
     counts = _counts(index, report)
     report["counts"] = counts
-    _write(index, out_dir / "index.parquet")
+    write_index(index, out_dir / "index.parquet", VALIDATION if data.validation_classes else None)
     report_path = write_json(out_dir / "filter_report.json", report)
     log.info("prepared index: %s", ", ".join(f"{k}={v}" for k, v in counts.items()))
     return PreparedData(out_dir / "index.parquet", report_path, counts)
@@ -117,13 +130,13 @@ def index_dataset(
     manifest = ref.manifest()
     root = acquire(manifest, downloads_dir)
     frame, _ = _subset(parse_dataset(manifest, root).assign(split=split), ref, manifest)
-    index, check = _check(_finish(frame, root, manifest.name), workers)
+    index, check = _check(_finish(frame, root, manifest.name), workers, downloads_dir)
     if index.empty:
         raise DataError(
             f"dataset {manifest.name!r} has no readable images ({check['bad_count']} bad): "
             f"check its path {root}"
         )
-    _write(_remap_labels(index), Path(out_path))
+    write_index(_remap_labels(index), Path(out_path))
     return Path(out_path)
 
 
@@ -145,13 +158,16 @@ def _finish(frame: pd.DataFrame, root: Path, source: str) -> pd.DataFrame:
     )
 
 
-def _check(index: pd.DataFrame, workers: int | None) -> tuple[pd.DataFrame, dict[str, Any]]:
-    statuses = check_images(index["path"].tolist(), workers)
+def _check(
+    index: pd.DataFrame, workers: int | None, downloads_dir: Path
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    statuses = check_images(index["path"].tolist(), workers, downloads_dir / CHECK_CACHE)
     bad = [i for i, s in enumerate(statuses) if s.problem is not None]
     listing = [
         {
             "image_id": index.at[i, "image_id"],
             "path": index.at[i, "path"],
+            "split": index.at[i, "split"],
             "reason": statuses[i].problem,
         }
         for i in bad
@@ -168,6 +184,44 @@ def _check(index: pd.DataFrame, workers: int | None) -> tuple[pd.DataFrame, dict
         "note": "modes other than RGB are converted to RGB at load time",
     }
     return index.drop(index=bad).reset_index(drop=True), report
+
+
+def _require_rows(
+    before: pd.DataFrame, after: pd.DataFrame, report: dict[str, Any], declared_unlabeled: bool
+) -> None:
+    """Fail when the image check emptied the training or evaluation split, or when the
+    preset's unlabeled datasets left no image (filtered, subset or unreadable): the run
+    would only fail later, in a training stage, with less to go on."""
+    bad = report["image_check"]["bad"]
+    for split in (*LABELED_SPLITS, "unlabeled"):
+        had, has = int((before["split"] == split).sum()), int((after["split"] == split).sum())
+        if has or not (had or split == "unlabeled"):
+            continue
+        if split == "unlabeled":
+            if not declared_unlabeled:
+                continue
+            removed = {f["source"]: f.get("removed_images", 0) for f in report["filter"]}
+            kept = {
+                name: report["subset"][name]["images_after"]
+                for name, info in report["datasets"].items()
+                if info["role"] == "unlabeled"
+            }
+            raise DataError(
+                f"the unlabeled set is empty: the leakage filter removed {removed} images, "
+                f"the subset rules then kept {kept}, and {had} left were unreadable"
+                f"{_examples(bad, split)}; add unlabeled images or relax the filter"
+            )
+        raise DataError(
+            f"split {split!r} is empty: none of its {had} images is readable "
+            f"({report['image_check']['bad_count']} bad images in all){_examples(bad, split)}; "
+            "check the dataset's path (or the CSV's images_root) and the files, then re-run "
+            "(images already checked are not decoded again)"
+        )
+
+
+def _examples(bad: list[dict[str, Any]], split: str) -> str:
+    rows = [b for b in bad if b["split"] == split][:EXAMPLES]
+    return "; e.g. " + ", ".join(f"{b['path']} ({b['reason']})" for b in rows) if rows else ""
 
 
 def _remap_labels(index: pd.DataFrame) -> pd.DataFrame:
@@ -193,10 +247,24 @@ def _counts(index: pd.DataFrame, report: dict[str, Any]) -> dict[str, int]:
     counts["labels_hidden_images"] = report["labels_hidden"].get("moved_to_unlabeled", 0)
     counts["bad_images"] = report["image_check"]["bad_count"]
     counts["duplicate_images"] = len(report["duplicates"])
+    counts["validation_classes"] = report.get("validation", {}).get("classes", 0)
     return counts
 
 
-def _write(index: pd.DataFrame, path: Path) -> None:
+def write_index(index: pd.DataFrame, path: Path, protocol: str | None = None) -> Path:
+    """Write an index with the index schema; `protocol` (e.g. "validation") is recorded in
+    the file's metadata for evaluation to report (`index_protocol`)."""
     table = pa.Table.from_pandas(index, schema=INDEX_SCHEMA, preserve_index=False)
+    if protocol is not None:
+        table = table.replace_schema_metadata(
+            (table.schema.metadata or {}) | {PROTOCOL_KEY: protocol.encode()}
+        )
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
+    return Path(path)
+
+
+def index_protocol(path: str | Path) -> str | None:
+    """The protocol an index records ("validation"), None for the ordinary test protocol."""
+    value = (pq.read_schema(path).metadata or {}).get(PROTOCOL_KEY)
+    return value.decode() if value is not None else None

@@ -6,6 +6,8 @@
       unlabeled: [birds525]            # same forms; every row becomes split "unlabeled"
       filter: {threshold: 0.85, aliases: {...}}
       image_check: {workers: null}
+      validation_classes: 0            # N > 0: evaluate on the last N training classes
+                                       # (tuning); the test classes are never read
 
 A reference's `split` / `subset` override the manifest's own rules. `dataset` may also be an
 inline manifest mapping (useful for tests and one-off folders).
@@ -59,12 +61,18 @@ class ImageCheckSettings(Strict):
 
 
 class DataPreset(Strict):
-    """Labeled dataset (+ split rule), unlabeled datasets, leakage filter, image check."""
+    """Labeled dataset (+ split rule), unlabeled datasets, leakage filter, image check.
+
+    validation_classes: 0 evaluates on the test split; N > 0 on the last N training
+    classes instead (the validation protocol for choosing settings, see
+    slade_core.data.validation), and the test rows are dropped from the index.
+    """
 
     labeled: DatasetRef
     unlabeled: list[DatasetRef] = []
     filter: FilterSettings = FilterSettings()
     image_check: ImageCheckSettings = ImageCheckSettings()
+    validation_classes: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _unlabeled_have_no_split(self) -> DataPreset:
