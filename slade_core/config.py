@@ -8,7 +8,7 @@ a preset or an override fails before any work starts, with the field named.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -18,22 +18,26 @@ from slade_core.data.preset import DataPreset, DatasetRef
 class StrictModel(BaseModel):
     """Base for configs: unknown keys are rejected, values validated on assignment.
 
-    `removed` names options that no longer exist (a field, or a (field, value) pair) with
-    what replaced them; a preset or override that still sets one fails with that message.
+    `removed` names fields that no longer exist, with what replaced them; `retired_values`
+    says, per Literal field, what became of the values it no longer takes. A preset or
+    override that still uses one fails with that message.
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
-    removed: ClassVar[dict[str | tuple[str, str], str]] = {}
+    removed: ClassVar[dict[str, str]] = {}
+    retired_values: ClassVar[dict[str, str]] = {}
 
     @model_validator(mode="before")
     @classmethod
     def _reject_removed(cls, data: Any) -> Any:
         if isinstance(data, dict):
             errors = [
-                f"{f'{key[0]}={key[1]!r}' if isinstance(key, tuple) else key} was removed: {why}"
-                for key, why in cls.removed.items()
-                if (data.get(key[0]) == key[1] if isinstance(key, tuple) else key in data)
+                f"{key} was removed: {why}" for key, why in cls.removed.items() if key in data
             ]
+            for key, why in cls.retired_values.items():
+                options = get_args(cls.model_fields[key].annotation)
+                if isinstance(data.get(key), str) and data[key] not in options:
+                    errors.append(f"{key}={data[key]!r} is not one of {options}: {why}")
             if errors:
                 raise ValueError("; ".join(errors))
         return data
@@ -60,7 +64,7 @@ class ModelConfig(StrictModel):
     The head is one linear layer from the pooled trunk features to the embedding.
     """
 
-    removed: ClassVar[dict[str | tuple[str, str], str]] = {
+    removed: ClassVar[dict[str, str]] = {
         "head": "the head is always one linear layer (the MLP head never helped); delete it",
     }
 
@@ -176,7 +180,7 @@ class BasisConfig(StrictModel):
       epochs (they do not shorten the network's training or schedule).
     """
 
-    removed: ClassVar[dict[str | tuple[str, str], str]] = {
+    removed: ClassVar[dict[str, str]] = {
         "ce_labels": "L_CE always classifies the labeled half against its true classes "
         "(formerly ce_labels: labeled); delete it",
         "center": "s(i, j) is always the cosine of the centred basis representations "
@@ -202,9 +206,11 @@ class MiningConfig(StrictModel):
     basis finds hard); "adaptive" T1 = mu+, T2 = mu- (the poster's literal reading).
     """
 
-    removed: ClassVar[dict[str | tuple[str, str], str]] = {
-        ("thresholds", "boundary"): "use 'crossed' (the default) or 'adaptive'",
-        ("thresholds", "fixed"): "use 'crossed' (the default) or 'adaptive'",
+    retired_values: ClassVar[dict[str, str]] = {
+        "thresholds": "the 'boundary' and 'fixed' thresholds were removed; 'crossed' is the "
+        "default",
+    }
+    removed: ClassVar[dict[str, str]] = {
         "t1": "fixed thresholds were removed; thresholds come from the tracked means "
         "('crossed' or 'adaptive'); delete it",
         "t2": "fixed thresholds were removed; thresholds come from the tracked means "
@@ -226,7 +232,7 @@ class StudentConfig(StrictModel):
     teacher's weights (False: from `model.weights`).
     """
 
-    removed: ClassVar[dict[str | tuple[str, str], str]] = {
+    removed: ClassVar[dict[str, str]] = {
         "unlabeled_loss": "both halves use student.loss; delete it",
     }
 
@@ -267,9 +273,11 @@ class ClusterConfig(StrictModel):
       about 0.5 GB and seconds).
     """
 
-    removed: ClassVar[dict[str | tuple[str, str], str]] = {
-        ("method", "mutual_neighbors"): "use 'ward' (the default) or 'kmeans'",
-        "neighbors": "it served cluster.method 'mutual_neighbors', which was removed; delete it",
+    retired_values: ClassVar[dict[str, str]] = {
+        "method": "the mutual-neighbour graph labels were removed; 'ward' is the default",
+    }
+    removed: ClassVar[dict[str, str]] = {
+        "neighbors": "it sized the mutual-neighbour graph, whose labels were removed; delete it",
         "anchors": "k-means centroids are no longer held at the labeled classes' means; all "
         "k centroids train, as in the paper; delete it",
         "n_init": "k-means trains once per seed; delete it",
