@@ -62,6 +62,7 @@ from slade_core.io import write_json
 from slade_core.losses import RANKING_LOSSES
 from slade_core.metrics import retrieval_metrics
 from slade_core.models import create_model
+from slade_core.rounds import self_training
 from slade_core.shards import select_rows
 from slade_core.training import train_student, train_teacher
 from slade_core.training.data import read_split
@@ -534,9 +535,13 @@ def run_seed(
             ORACLE_PL_ROW,
             lambda: student(ORACLE_PL_ROW, oracle, teacher, use_basis=False, use_mining=False),
         )
-    if "rounds" in rows and full is not None:
-        round2 = pseudo_labels(full, ROW_DIRS[STUDENTS[-1][0]])
-        timed(ROUND2_ROW, lambda: student(ROUND2_ROW, round2, full))
+    if "rounds" in rows and full is not None:  # a next round, the full student its teacher
+        self_training(
+            full,
+            1,
+            lambda model, _: pseudo_labels(model, ROW_DIRS[STUDENTS[-1][0]]),
+            lambda model, labels, _: timed(ROUND2_ROW, lambda: student(ROUND2_ROW, labels, model)),
+        )
     return metrics, seconds, pl_seconds, pair_diagnostics
 
 

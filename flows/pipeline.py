@@ -22,6 +22,7 @@ from flows.pools import STAGE_FLOW, check_deployed, run_on_pool
 from slade_core.config import PipelineConfig
 from slade_core.evaluate import percent
 from slade_core.experiment import load_experiment
+from slade_core.rounds import self_training
 from tasks.cluster import cluster_task
 from tasks.evaluate import evaluate_task
 from tasks.extract_embeddings import extract_embeddings_task
@@ -119,22 +120,31 @@ def slade(
         stage = _Stages(config, parent, training_pool, pool_timeout)
         data = stage("prepare_data", {}, "prepare_data")
         check_data(config, data)  # this run's sampler / unlabeled needs, cached index too
-        teacher = current = stage("train_teacher", {"data": data}, "train_teacher")
-        models = {"teacher": teacher}
-        for r in range(1, config.rounds + 1):
-            suffix = "" if config.rounds == 1 else f"-round{r}"
+        teacher = stage("train_teacher", {"data": data}, "train_teacher")
+
+        def suffix(r: int) -> str:
+            return "" if config.rounds == 1 else f"-round{r}"
+
+        def pseudo_labels(model: StageResult, r: int) -> StageResult:
             emb = stage(
                 "extract_embeddings",
-                {"data": data, "teacher": current},
-                f"extract_embeddings{suffix}",
+                {"data": data, "teacher": model},
+                f"extract_embeddings{suffix(r)}",
             )
-            labels = stage("cluster", {"embeddings": emb}, f"cluster{suffix}")
-            current = stage(
+            return stage("cluster", {"embeddings": emb}, f"cluster{suffix(r)}")
+
+        def student(model: StageResult, labels: StageResult, r: int) -> StageResult:
+            return stage(
                 "train_student",
-                {"data": data, "teacher": current, "pseudo_labels": labels},
-                f"train_student{suffix}",
+                {"data": data, "teacher": model, "pseudo_labels": labels},
+                f"train_student{suffix(r)}",
             )
-            models["student" if r == config.rounds else f"student_round{r}"] = current
+
+        rounds = self_training(teacher, config.rounds, pseudo_labels, student)
+        current = rounds[-1][1]
+        models = {"teacher": teacher}
+        models |= {f"student_round{r}": model for r, (_, model) in enumerate(rounds[:-1], 1)}
+        models["student"] = current
         evaluation = stage("evaluate", {"data": data, **models}, "evaluate")
         metrics = evaluation["summary"]
         log_metrics(mlflow_client(), parent, metrics)
