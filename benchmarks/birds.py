@@ -64,7 +64,7 @@ from slade_core.metrics import retrieval_metrics
 from slade_core.models import create_model
 from slade_core.rounds import self_training
 from slade_core.shards import select_rows
-from slade_core.training import train_student, train_teacher
+from slade_core.training import train_control, train_student, train_teacher
 from slade_core.training.data import read_split
 from slade_core.training.loop import build_optimizer, build_scheduler, seed_everything
 from slade_core.trunk import TrunkMode
@@ -506,17 +506,21 @@ def run_seed(
             result.checkpoint_path, index_path, runtime
         )
 
+    def control_row(labels: Path, teacher: Path):
+        result = train_control(
+            index_path, labels, teacher, config.model, config.student, runtime,
+            out / ROW_DIRS[CONTROL_ROW],
+        )  # fmt: skip
+        return result.checkpoint_path, evaluate_checkpoint(
+            result.checkpoint_path, index_path, runtime
+        )
+
     teacher = timed(TEACHER_ROW, teacher_row)
     if not rows & STUDENT_ROW_GROUPS:
         return metrics, seconds, pl_seconds, pair_diagnostics
     labels = pseudo_labels(teacher, "teacher")
-    if "controls" in rows:  # labeled data only, the student's exact labeled batches
-        timed(
-            CONTROL_ROW,
-            lambda: student(
-                CONTROL_ROW, labels, teacher, lambda1=0.0, use_basis=False, use_mining=False
-            ),
-        )
+    if "controls" in rows:  # the product's control stage: the student's steps, labeled only
+        timed(CONTROL_ROW, lambda: control_row(labels, teacher))
     full = None
     if rows & {"students", "full"}:
         chosen = STUDENTS if "students" in rows else STUDENTS[-1:]

@@ -1,5 +1,6 @@
 """The `slade` flow: prepare_data -> train_teacher -> [extract_embeddings -> cluster ->
-train_student] x rounds -> evaluate -> publish -> register_model.
+train_student (and train_control with evaluate.control)] x rounds -> evaluate -> publish ->
+register_model.
 
 Declarative only: which stage follows which, which results each reads, where it runs.
 The config is validated before anything else, so bad parameters fail with the field
@@ -31,6 +32,7 @@ from tasks.provenance import git_commit
 from tasks.publish import publish_task, register_task
 from tasks.stage import StageResult
 from tasks.tracking import adopt_cached, finish_run, log_metrics, mlflow_client, start_parent_run
+from tasks.train_control import train_control_task
 from tasks.train_student import train_student_task
 from tasks.train_teacher import train_teacher_task
 
@@ -45,10 +47,11 @@ STAGES = {
     "extract_embeddings": extract_embeddings_task,
     "cluster": cluster_task,
     "train_student": train_student_task,
+    "train_control": train_control_task,
     "evaluate": evaluate_task,
     "publish": publish_task,
 }
-TRAINING_STAGES = ("train_teacher", "train_student")
+TRAINING_STAGES = ("train_teacher", "train_student", "train_control")
 
 
 class _Stages:
@@ -120,7 +123,7 @@ def slade(
         stage = _Stages(config, parent, training_pool, pool_timeout)
         data = stage("prepare_data", {}, "prepare_data")
         check_data(config, data)  # this run's sampler / unlabeled needs, cached index too
-        teacher = stage("train_teacher", {"data": data}, "train_teacher")
+        teacher = control = stage("train_teacher", {"data": data}, "train_teacher")
 
         def suffix(r: int) -> str:
             return "" if config.rounds == 1 else f"-round{r}"
@@ -134,15 +137,25 @@ def slade(
             return stage("cluster", {"embeddings": emb}, f"cluster{suffix(r)}")
 
         def student(model: StageResult, labels: StageResult, r: int) -> StageResult:
-            return stage(
+            nonlocal control
+            trained = stage(
                 "train_student",
                 {"data": data, "teacher": model, "pseudo_labels": labels},
                 f"train_student{suffix(r)}",
             )
+            if config.evaluate.control:  # round r's steps, from the previous round's control
+                control = stage(
+                    "train_control",
+                    {"data": data, "teacher": control, "pseudo_labels": labels},
+                    f"train_control{suffix(r)}",
+                )
+            return trained
 
         rounds = self_training(teacher, config.rounds, pseudo_labels, student)
         current = rounds[-1][1]
         models = {"teacher": teacher}
+        if config.evaluate.control:  # reported beside the teacher and the student
+            models["control"] = control
         models |= {f"student_round{r}": model for r, (_, model) in enumerate(rounds[:-1], 1)}
         models["student"] = current
         evaluation = stage("evaluate", {"data": data, **models}, "evaluate")

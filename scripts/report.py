@@ -17,7 +17,7 @@ import time
 from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 
-from slade_core.evaluate import percent
+from slade_core.evaluate import GAIN, percent, unlabeled_verdict
 
 PIPELINE = "tags.`slade.kind` = 'pipeline'"
 
@@ -58,7 +58,7 @@ def _metrics_table(metrics: dict[str, float]) -> None:
     rows: dict[str, dict[str, float]] = {}
     for key, value in metrics.items():
         model, _, metric = key.partition("/")
-        if metric:
+        if metric and model != GAIN:
             rows.setdefault(model, {})[metric] = value
     if not rows:
         print("(no metrics)")
@@ -70,6 +70,8 @@ def _metrics_table(metrics: dict[str, float]) -> None:
     for model, values in rows.items():
         cells = (percent(values[n]).ljust(14) if n in values else "-".ljust(14) for n in names)
         print(" | ".join([model.ljust(10), *cells]))
+    if f"{GAIN}/map_at_r" in metrics:
+        print(unlabeled_verdict(metrics[f"{GAIN}/map_at_r"]))
     print()
 
 

@@ -2,7 +2,9 @@
 
 Kept free of the registry so it can be tested with plain numbers: tasks/publish.py reads
 each version's recorded score into a `RecordedScore` and passes a callable that re-scores
-both models from the image files.
+both models from the image files. With publish.champion_beats_control the new model must
+also beat its own control (`promote`): a student that wins only by training longer, not
+from the unlabeled images, stays a challenger.
 """
 
 from __future__ import annotations
@@ -54,3 +56,10 @@ def judge(
     if champion is not None and new.same_measurement(champion):
         return Verdict(new.map_at_r, champion.map_at_r)
     return Verdict(*rescore())
+
+
+def promote(new_wins: bool, student_minus_control: float | None = None) -> bool:
+    """Whether the new model takes `champion`: it beat the champion (`Verdict.new_wins`;
+    True when there is none) and, when the rule asks (a gain is given), its own control
+    too: student - control MAP@R > 0 (a tie or NaN does not count)."""
+    return new_wins and (student_minus_control is None or student_minus_control > 0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from slade_core.data.preset import DataPreset, DatasetRef
 
@@ -313,16 +313,25 @@ class ShardConfig(StrictModel):
 
 
 class EvalConfig(StrictModel):
-    """Retrieval evaluation: which splits act as query / reference, which recall@k."""
+    """Retrieval evaluation: which splits act as query / reference, which recall@k.
+
+    control: also train and score the control (`train_control`: the teacher continued on
+      labeled data only for exactly the student's steps), so the run says whether the
+      unlabeled images helped (`student_minus_control/<metric>`) and not only whether the
+      student, which trains longer, beats the teacher.
+    """
 
     recall_at: tuple[int, ...] = (1, 2, 4, 8)
     examples: int = Field(8, ge=0)
+    control: bool = True
 
 
 class PublishConfig(StrictModel):
     """What the publish stage makes of a finished run.
 
     registered_model: Model Registry name of the student (alias `champion` / `challenger`).
+    champion_beats_control: the student takes `champion` only when its test MAP@R is also
+      above its control's (the unlabeled images helped); needs evaluate.control.
     gallery: the images `slade search` retrieves from; None = the evaluation split(s) of the
       labeled set (`test`, or `gallery`), else a dataset like the preset's (`{dataset: {name:
       shop, type: folder, path: /data/shop}}`, every row becomes a gallery image).
@@ -330,6 +339,7 @@ class PublishConfig(StrictModel):
 
     registered_model: str = Field("slade-embedder", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     gallery: DatasetRef | None = None
+    champion_beats_control: bool = False
 
 
 class PipelineConfig(StrictModel):
@@ -351,3 +361,16 @@ class PipelineConfig(StrictModel):
     evaluate: EvalConfig = EvalConfig()
     rounds: int = Field(1, ge=1)
     publish: PublishConfig = PublishConfig()
+
+    @field_validator("publish")
+    @classmethod
+    def _champion_rule_needs_the_control(
+        cls, publish: PublishConfig, info: ValidationInfo
+    ) -> PublishConfig:
+        evaluate = info.data.get("evaluate")  # validated before publish (field order)
+        if publish.champion_beats_control and evaluate is not None and not evaluate.control:
+            raise ValueError(
+                "champion_beats_control=True compares the student with its control; set "
+                "evaluate.control=True as well"
+            )
+        return publish

@@ -5,7 +5,8 @@ CUB/Cars protocol); otherwise split "query" against split "gallery" (In-shop). E
 scored on the same rows, and the report shows the same seeded example queries for each model
 so their neighbours can be compared side by side. Given the model spec, the untrained
 trunk's own pooled features are scored first as `pretrained_trunk`, so a reader sees what
-training added.
+training added. With a `student` and its `control` (the student's steps on labeled data
+only), the report says whether the unlabeled images helped (`student_minus_control`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from slade_core.metrics import nearest_neighbors, retrieval_metrics
 EXAMPLE_NEIGHBOURS = 5
 TRUNK_ROW = "pretrained_trunk"
 METRIC_HEADERS = {"map_at_r": "MAP@R", "r_precision": "RP", "precision_at_1": "P@1"}
+STUDENT, CONTROL = "student", "control"
+GAIN = "student_minus_control"  # metrics.json key and MLflow metric prefix
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,9 @@ def evaluate(
         "n_references": int(n_references),
         "models": models,
     }
+    gain = student_minus_control(models)
+    if gain:
+        metrics[GAIN] = gain
     metrics_path = write_json(out_dir / "metrics.json", metrics)
     grid_path = out_dir / "report_examples.png"
     if examples:
@@ -127,6 +133,33 @@ def evaluate(
     with atomic_path(report_path) as tmp:
         tmp.write_text(report)
     return EvalResult(metrics_path=metrics_path, report_path=report_path, metrics=metrics)
+
+
+def student_minus_control(models: Mapping[str, Mapping[str, float | None]]) -> dict[str, float]:
+    """Per metric, the student's score minus its control's: what the unlabeled images added
+    beyond the student's extra steps. Empty without both rows; a metric that is undefined
+    (None) on either side is left out."""
+    if STUDENT not in models or CONTROL not in models:
+        return {}
+    student, control = models[STUDENT], models[CONTROL]
+    return {
+        metric: value - control[metric]
+        for metric, value in student.items()
+        if value is not None and control.get(metric) is not None
+    }
+
+
+def unlabeled_verdict(map_at_r_gain: float | None, protocol: str | None = None) -> str:
+    """One line: did the unlabeled images help on this run's test protocol, and by how much
+    (student - control MAP@R, one run: a gap within the seed-to-seed spread is noise)."""
+    where = f"this run's test protocol ({protocol})" if protocol else "this run's test protocol"
+    if map_at_r_gain is None or math.isnan(map_at_r_gain):
+        return f"Unlabeled images: no verdict, MAP@R is undefined on {where}."
+    helped = "helped" if map_at_r_gain > 0 else "did not help"
+    return (
+        f"Unlabeled images {helped} on {where}: student - control = "
+        f"{100 * map_at_r_gain:+.2f} MAP@R (one run)."
+    )
 
 
 def evaluation_protocol(splits: Iterable[str]) -> tuple[str, list[str]]:
@@ -245,6 +278,8 @@ def render_report(
         "",
         render_metrics_table(metrics["models"]),
     ]
+    if GAIN in metrics:
+        lines += ["", unlabeled_verdict(metrics[GAIN].get("map_at_r"), metrics["protocol"])]
     if examples:
         lines += ["", "## Retrieval examples", ""]
         if grid_name:

@@ -9,9 +9,10 @@ requirements, the slade_core code and the gallery index under `extra_files/`.
 register_model (every pipeline run, not cached): a new version of the student under
 `publish.registered_model`, tagged with its pipeline run, preset, code version and test
 MAP@R. The alias `champion` moves to it only when it beats the current champion on this
-preset's test protocol (the policy is slade_core.champion); otherwise it becomes
-`challenger`. The pipeline run gets the index as its dataset input and both models as
-outputs, so its page shows the lineage.
+preset's test protocol, and with publish.champion_beats_control its own control as well
+(the policy is slade_core.champion); otherwise it becomes `challenger`. The pipeline run
+gets the index as its dataset input and both models as outputs, so its page shows the
+lineage.
 """
 
 from __future__ import annotations
@@ -34,10 +35,10 @@ from mlflow.types import Schema, TensorSpec
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from slade_core.champion import RecordedScore, judge
+from slade_core.champion import RecordedScore, judge, promote
 from slade_core.data.lineage import source_digest
 from slade_core.data.prepare import index_dataset
-from slade_core.evaluate import evaluation_protocol
+from slade_core.evaluate import GAIN, evaluation_protocol
 from slade_core.models import load_model
 from slade_core.search import GALLERY_FILES, ImageEmbedder, build_gallery, score_embedder
 from tasks.inputs import stage_input
@@ -150,6 +151,14 @@ def _test_score(config, upstream: dict[str, StageResult]) -> RecordedScore:
     )
 
 
+def _control_gain(upstream: dict[str, StageResult]) -> float | None:
+    """The student's test MAP@R minus its control's; None when the run had no control."""
+    metrics = json.loads(stage_input(upstream["evaluate"], "metrics.json").read_text())
+    if GAIN not in metrics:
+        return None
+    return _number(metrics[GAIN].get("map_at_r"))
+
+
 def _number(value: float | None) -> float:
     """metrics.json writes NaN (every query lone) as null; NaN never beats a champion."""
     return math.nan if value is None else float(value)
@@ -227,15 +236,17 @@ def register_task(config, upstream: dict[str, StageResult], parent_run_id: str) 
             "alias": aliases[0] if aliases else "",
         }
     score = _test_score(config, upstream)
+    gain = _control_gain(upstream)
     tags = {
         "slade.pipeline_run": parent_run_id,
         "slade.code_version": code_version(),
         **_score_tags(score),
+        **({} if gain is None else {f"slade.{GAIN}_map_at_r": repr(gain)}),
     }
     uri = published[f"{REGISTERED}_model"]
     champion = _champion(client, name)
     version = mlflow.register_model(uri, name, tags=tags)
-    alias = CHAMPION
+    new_wins = True
     if champion is not None:
         champion_uri = f"models:/{champion.name}/{champion.version}"
         verdict = judge(
@@ -247,6 +258,8 @@ def register_task(config, upstream: dict[str, StageResult], parent_run_id: str) 
             client.set_model_version_tag(
                 name, version.version, f"slade.{key}_map_at_r", repr(value)
             )
-        alias = CHAMPION if verdict.new_wins else CHALLENGER
+        new_wins = verdict.new_wins
+    required = gain if config.publish.champion_beats_control else None
+    alias = CHAMPION if promote(new_wins, required) else CHALLENGER
     client.set_registered_model_alias(name, alias, version.version)
     return {"name": name, "version": str(version.version), "alias": alias}

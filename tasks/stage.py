@@ -48,6 +48,8 @@ NOT_LOGGED = ("resume",)  # training resume state: large, only useful before com
 
 StageResult = dict[str, Any]
 InputsDigest = Callable[[PipelineConfig], str]
+# the config as a stage sees it: fields it never reads reset, so they leave its key alone
+ConfigView = Callable[[PipelineConfig], PipelineConfig]
 
 
 def stage_key(
@@ -204,23 +206,29 @@ def _run_stage(
 
 
 def _cache_key(
-    fields: tuple[str, ...], inputs: InputsDigest | None
+    fields: tuple[str, ...], inputs: InputsDigest | None, view: ConfigView | None
 ) -> Callable[[TaskRunContext, dict[str, Any]], str]:
     def key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
         stage = context.task.name
         config, upstream = parameters["config"], parameters["upstream"]
+        config = view(config) if view else config
         return f"{stage}-{stage_key(stage, config, fields, upstream, inputs)}"
 
     return key
 
 
 def stage_task(
-    stage: str, fields: tuple[str, ...], inputs: InputsDigest | None = None, **task_options: Any
+    stage: str,
+    fields: tuple[str, ...],
+    inputs: InputsDigest | None = None,
+    view: ConfigView | None = None,
+    **task_options: Any,
 ):
     """Turn `body(ctx, config, upstream) -> summary metrics` into a cached Prefect task.
 
     The task's parameters are (config, upstream results by name, parent MLflow run id,
-    label); its result is the small StageResult dict.
+    label); its result is the small StageResult dict. `view` narrows the config before the
+    key, the logged params and the body see it (a stage that reads part of a section).
     """
 
     def decorate(body: Callable[..., Mapping[str, Any] | None]):
@@ -230,14 +238,16 @@ def stage_task(
             parent_run_id: str,
             label: str,
         ) -> StageResult:
+            config = view(config) if view else config
             return _run_stage(stage, fields, body, config, upstream, parent_run_id, label, inputs)
 
         run.__name__, run.__qualname__, run.__doc__ = stage, stage, body.__doc__
-        run.stage_fields, run.stage_body = fields, body  # for tests of the key's coverage
+        # for tests of the key's coverage
+        run.stage_fields, run.stage_body, run.stage_view = fields, body, view
         return task(
             name=stage,
             task_run_name="{label}",
-            cache_key_fn=_cache_key(fields, inputs),
+            cache_key_fn=_cache_key(fields, inputs, view),
             persist_result=True,
             **task_options,
         )(run)

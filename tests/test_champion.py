@@ -1,5 +1,5 @@
 """slade_core.champion: recorded scores compare only when measured the same way, the new
-model must be strictly better, and NaN never wins."""
+model must be strictly better, and NaN never wins; on request it must beat its control too."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from slade_core.champion import RecordedScore, Verdict, judge
+from slade_core.champion import RecordedScore, Verdict, judge, promote
 
 CHAMPION = RecordedScore(
     map_at_r=0.5, preset="quickstart", protocol="test-vs-test", data_digest="d1"
@@ -66,3 +66,19 @@ def test_a_champion_without_a_record_is_rescored():
 
     assert judge(_new(0.1), None, rescore) == Verdict(new=0.7, champion=0.6)
     assert calls == [1]
+
+
+@pytest.mark.parametrize(
+    ("new_wins", "gain", "promoted"),
+    [
+        (True, None, True),  # no control rule: the champion verdict alone
+        (False, None, False),
+        (True, 0.01, True),
+        (True, 0.0, False),  # a tie with the control: the unlabeled images did not help
+        (True, -0.02, False),
+        (True, math.nan, False),
+        (False, 0.05, False),  # beating the control never beats the champion by itself
+    ],
+)
+def test_promotion_can_also_require_the_student_to_beat_its_control(new_wins, gain, promoted):
+    assert promote(new_wins, gain) is promoted

@@ -2,9 +2,10 @@
 
 One module-scoped scenario runs the real stages once: the student stage fails once (test
 fault hook), the flow run is retried the way `prefect flow-run retry` does it, a second
-flow run with identical inputs follows, then one with another `cluster.k` and one with
-two self-training rounds. The tests then assert on what it left: stage artifacts and
-their schemas, MLflow parent/child runs, Cached task states.
+flow run with identical inputs follows, then one with another `cluster.k`, one with
+two self-training rounds and one whose champion must beat its control (evaluate.control is
+on by default, so every run also trains the control). The tests then assert on what it
+left: stage artifacts and their schemas, MLflow parent/child runs, Cached task states.
 """
 
 from __future__ import annotations
@@ -86,12 +87,18 @@ def scenario(prefect_server, stores, tiny_preset):
     other_k["cluster"]["k"] = 5
     k_changed = slade(preset=preset, overrides=other_k, return_state=True)
     two_rounds = slade(preset=preset, overrides={**overrides, "rounds": 2}, return_state=True)
+    # a student that cannot move off the teacher (nor can its control): student = control
+    frozen = copy.deepcopy(overrides)
+    frozen["student.optim"] |= {"lr": 1e-12, "trunk_lr": 1e-12}
+    frozen["publish"] = {"registered_model": "control-rule", "champion_beats_control": True}
+    control_rule = slade(preset=preset, overrides=frozen, return_state=True)
     return {
         "failed": failed,
         "retried": retried,
         "again": again,
         "k_changed": k_changed,
         "two_rounds": two_rounds,
+        "control_rule": control_rule,
         "flow_run_id": flow_run_id,
         "before_retry": before_retry,
         "after_retry": after_retry,
@@ -100,7 +107,7 @@ def scenario(prefect_server, stores, tiny_preset):
 
 
 STAGES = ["prepare_data", "train_teacher", "extract_embeddings", "cluster"]
-ALL_STAGES = [*STAGES, "train_student", "evaluate", "publish"]
+ALL_STAGES = [*STAGES, "train_student", "train_control", "evaluate", "publish"]
 
 
 def test_first_attempt_fails_at_the_student_stage(scenario):
@@ -114,7 +121,7 @@ def test_retry_reruns_only_the_failed_stage_and_after(scenario):
     runs = _task_runs(scenario["flow_run_id"])
     for stage in STAGES:
         assert runs[stage][-1].state.name == "Cached", stage
-    for stage in ("train_student", "evaluate", "publish"):
+    for stage in ("train_student", "train_control", "evaluate", "publish"):
         assert runs[stage][-1].state.name == "Completed", stage
     # earlier stage outputs untouched by the retry
     for path, mtime in scenario["before_retry"].items():
@@ -144,6 +151,7 @@ def test_changing_cluster_k_reruns_exactly_cluster_and_the_stages_after_it(scena
         "extract_embeddings": "Cached",
         "cluster": "Completed",
         "train_student": "Completed",
+        "train_control": "Completed",  # its steps per epoch come from the pseudo labels
         "evaluate": "Completed",
         "publish": "Completed",
         "register_model": "Completed",  # never cached: it compares against the champion
@@ -160,16 +168,20 @@ def test_two_rounds_make_the_first_student_the_second_teacher(scenario):
         "extract_embeddings-round1": "Cached",
         "cluster-round1": "Cached",
         "train_student-round1": "Cached",
+        "train_control-round1": "Cached",
         "extract_embeddings-round2": "Completed",
         "cluster-round2": "Completed",
         "train_student-round2": "Completed",
+        "train_control-round2": "Completed",  # round 2's steps, from round 1's control
         "evaluate": "Completed",
         "publish": "Completed",
         "register_model": "Completed",
     }
     metrics = json.loads((Path(state.result()["evaluate_dir"]) / "metrics.json").read_text())
     assert list(metrics["models"])[0] == "pretrained_trunk"
-    assert set(metrics["models"]) == {"pretrained_trunk", "teacher", "student_round1", "student"}
+    assert list(metrics["models"]) == [
+        "pretrained_trunk", "teacher", "control", "student_round1", "student"
+    ]  # fmt: skip
     client, exp = _mlflow()
     children = client.search_runs(
         [exp], filter_string=f"tags.`mlflow.parentRunId` = '{state.result()['mlflow_run_id']}'"
@@ -177,6 +189,8 @@ def test_two_rounds_make_the_first_student_the_second_teacher(scenario):
     by_label = {c.data.tags["slade.label"]: c for c in children}
     round1 = by_label["train_student-round1"].data.tags["slade.source_run_id"]
     assert by_label["extract_embeddings-round2"].data.params["upstream.teacher"] == round1
+    control1 = by_label["train_control-round1"].data.tags["slade.source_run_id"]
+    assert by_label["train_control-round2"].data.params["upstream.teacher"] == control1
 
 
 def _stage_dir(scenario, stage: str) -> Path:
@@ -208,9 +222,16 @@ def test_stage_artifacts_have_their_schemas(scenario):
 
     metrics = json.loads((_stage_dir(scenario, "evaluate") / "metrics.json").read_text())
     assert list(metrics["models"])[0] == "pretrained_trunk"
-    assert set(metrics["models"]) == {"pretrained_trunk", "teacher", "student"}
+    assert list(metrics["models"]) == ["pretrained_trunk", "teacher", "control", "student"]
     assert "map_at_r" in metrics["models"]["student"]
-    assert (_stage_dir(scenario, "evaluate") / "report.md").exists()
+    gain = metrics["models"]["student"]["map_at_r"] - metrics["models"]["control"]["map_at_r"]
+    assert metrics["student_minus_control"]["map_at_r"] == pytest.approx(gain)
+    report = (_stage_dir(scenario, "evaluate") / "report.md").read_text()
+    helped = "helped" if gain > 0 else "did not help"
+    assert f"Unlabeled images {helped} on this run's test protocol (test-vs-test)" in report
+
+    control = torch.load(_stage_dir(scenario, "train_control") / "control.pt", weights_only=True)
+    assert control["meta"]["stage"] == "control"
 
 
 def test_pseudo_labels_equal_clustering_every_embedding_in_one_process(scenario, tmp_path):
@@ -245,6 +266,9 @@ def test_mlflow_parent_run_with_one_finished_child_per_stage(scenario):
     assert parent.data.tags["slade.preset"] == "tiny"
     assert parent.data.tags["mlflow.source.git.commit"]
     assert "student/map_at_r" in parent.data.metrics
+    assert parent.data.metrics["student_minus_control/map_at_r"] == pytest.approx(
+        parent.data.metrics["student/map_at_r"] - parent.data.metrics["control/map_at_r"]
+    )
     children = client.search_runs(
         [exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
     )
@@ -260,6 +284,7 @@ def test_mlflow_parent_run_with_one_finished_child_per_stage(scenario):
         "extract_embeddings": {"embeddings.parquet"},
         "cluster": {"pseudo_labels.parquet"},
         "train_student": {"student.pt", "history.json"},
+        "train_control": {"control.pt", "history.json"},
         "evaluate": {"metrics.json", "report.md"},
         "publish": {"gallery_student", "gallery_teacher"},
     }
@@ -302,7 +327,7 @@ def test_prefect_artifacts_show_metrics_and_progress(scenario):
     assert any(a.type == "progress" and a.data == 100.0 for a in everything)
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
     student = next(r for r in rows if r["model"] == "student")
-    runs = ("retried", "again", "k_changed", "two_rounds")  # the latest table is one of them
+    runs = ("retried", "again", "k_changed", "two_rounds", "control_rule")  # the latest
     percents = {f"{100 * scenario[r].result()['metrics']['student/map_at_r']:.2f}" for r in runs}
     assert student["map_at_r"] in percents  # people read percent
 
@@ -326,6 +351,7 @@ def test_slade_core_logs_reach_the_flow_run_logs(scenario):
         ({"teacher.optim.epochs": 0}, "teacher.optim.epochs"),
         ({"student": {"use_basis": False}}, "student"),
         ({"data.labeled.dataset": "no-such-dataset"}, "data.labeled.dataset"),
+        ({"publish.champion_beats_control": True, "evaluate.control": False}, "publish"),
     ],
 )
 def test_bad_parameters_fail_before_any_stage(prefect_server, stores, overrides, field):
@@ -439,6 +465,20 @@ def test_student_is_registered_champion_then_an_identical_rerun_is_challenger(sc
     assert float(tags["slade.test_map_at_r"]) == first["metrics"]["student/map_at_r"]
     # equal scores do not move the champion
     assert versions[2].tags["slade.champion_map_at_r"] == tags["slade.test_map_at_r"]
+
+
+def test_a_student_no_better_than_its_control_never_takes_the_champion(scenario):
+    from mlflow.tracking import MlflowClient
+
+    state = scenario["control_rule"]
+    assert state.is_completed(), state.message
+    result = state.result()
+    # student and control both stayed the teacher: the unlabeled images did not help
+    assert result["metrics"]["student_minus_control/map_at_r"] == 0.0
+    # no champion of this name yet, so the control rule alone kept the alias from it
+    assert result["registered"] == {"name": "control-rule", "version": "1", "alias": "challenger"}
+    version = MlflowClient().get_model_version("control-rule", "1")
+    assert float(version.tags["slade.student_minus_control_map_at_r"]) == 0.0
 
 
 def test_logged_model_embeds_raw_images_like_the_pipeline(scenario):

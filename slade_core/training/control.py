@@ -46,15 +46,8 @@ def control_config(student: StudentConfig) -> StudentConfig:
     student's recipe switched off (no unlabeled term, basis or mining). Two students that
     differ only in what the control ignores (lambda1, lambda2, basis, mining) share one
     control, and so one cached stage."""
-    return StudentConfig.model_validate(
-        {
-            **student.model_dump(include=set(READS)),
-            "lambda1": 0.0,
-            "lambda2": 0.0,
-            "use_basis": False,
-            "use_mining": False,
-        }
-    )
+    switched_off = StudentConfig(lambda1=0.0, lambda2=0.0, use_basis=False, use_mining=False)
+    return switched_off.model_copy(update={name: getattr(student, name) for name in READS})
 
 
 def train_control(
