@@ -79,6 +79,7 @@ def test_deployment_run_completes_and_mlflow_holds_the_runs(deployed_run):
             "extract_embeddings",
             "cluster",
             "train_student",
+            "train_control",
             "evaluate",
             "publish",
         ]
@@ -99,7 +100,11 @@ def test_training_stages_ran_as_sub_deployments_with_mlflow_links(deployed_run):
         f"{api}/flow_runs/filter",
         json={"flow_runs": {"parent_flow_run_id": {"any_": [flow_run_id]}}},
     ).json()
-    assert sorted(r["name"] for r in children) == ["train_student", "train_teacher"]
+    assert sorted(r["name"] for r in children) == [
+        "train_control",
+        "train_student",
+        "train_teacher",
+    ]
     assert all(r["state"]["type"] == "COMPLETED" for r in children)
     keys = ["slade-train-teacher-mlflow", "slade-train-student-mlflow"]  # link artifacts
     links = httpx.post(

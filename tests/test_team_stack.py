@@ -38,13 +38,14 @@ HOST = "127.0.0.2"  # a second loopback address: the "team network" interface
 # shell commands with the team stack's environment; waits bounded at 2 minutes
 sh = partial(run_sourced, "scripts/team-env.sh")
 wait_for = partial(wait_for, timeout=120)
-TRAINING = ["train_student", "train_teacher"]
+TRAINING = ["train_control", "train_student", "train_teacher"]
 STAGES = [
     "cluster",
     "evaluate",
     "extract_embeddings",
     "prepare_data",
     "publish",
+    "train_control",
     "train_student",
     "train_teacher",
 ]
@@ -348,7 +349,7 @@ def test_training_ran_on_the_second_pool_and_handed_its_results_back_through_s3(
     # the training stages were computed in the second machine's runs directory only
     gpu_runs = Path(gpu_env["SLADE_HOME"]) / "runs"
     cpu_runs = Path(env["SLADE_HOME"]) / "runs"
-    for stage in ("train_teacher", "train_student"):
+    for stage in TRAINING:
         assert [p.name for p in (gpu_runs / stage).iterdir() if p.is_dir()], stage
         assert not (cpu_runs / stage).exists(), f"{stage} ran on the cpu-pool machine"
     assert (cpu_runs / "prepare_data").is_dir() and not (gpu_runs / "prepare_data").exists()
