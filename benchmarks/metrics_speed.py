@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
+from slade_core.directions import unit_rows
 from slade_core.metrics import retrieval_metrics
 
 PML_NAMES = {
@@ -31,8 +32,7 @@ def make_data(n: int, dim: int, classes: int, lone: int, noise: float, seed: int
     labels[rng.choice(n, lone, replace=False)] = classes + np.arange(lone)  # one-off labels
     centres = rng.standard_normal((classes + lone, dim)).astype(np.float32)
     x = centres[labels] + noise * rng.standard_normal((n, dim)).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x, labels
+    return unit_rows(x), labels
 
 
 def timed(fn, *args):

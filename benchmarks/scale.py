@@ -4,13 +4,17 @@
     .venv/bin/python benchmarks/scale.py --rows 20000 80000 --rows-per-shard 10000  # smoke
     .venv/bin/python benchmarks/scale.py --images          # + extraction on 1 and 2 Dask workers
 
-Per row count, in a fresh process (so its peak RSS is its own): synthetic unit embeddings
-around `--k` directions are generated shard by shard straight to a partitioned
-`embeddings.parquet/` dataset (no images), then `make_sharded_pseudo_labels` trains FAISS
-k-means on a seeded sample (`--sample` rows), assigns every part with the centroids and writes
-`pseudo_labels.parquet/`, which is read back with pyarrow. `seconds` times all of it;
-`peak_rss_mb` is the process's maximum resident set. Prints one JSON object:
-{"rows", "seconds", "peak_rss_mb", "seconds_per_row_ratio" (largest / smallest row count)}.
+Per clustering method (`--methods`, both by default) and row count, in a fresh process (so
+its peak RSS is its own): synthetic unit embeddings around `--k` directions are generated
+shard by shard straight to a partitioned `embeddings.parquet/` dataset (no images), then
+`make_sharded_pseudo_labels` fits the method's centres on a seeded sample and assigns every
+part with them: k-means trains FAISS k-means on `--sample` rows; Ward merges
+min(`--sample`, cluster.ward_max_points = 8,192) rows, which keep their group, and the
+other rows go to the nearest group centre. It writes `pseudo_labels.parquet/`, read back
+with pyarrow. `seconds` times all of it, `cluster_seconds` the clustering alone (fit,
+assignment, write); `peak_rss_mb` is the process's maximum resident set. Prints one JSON
+object with, per method, {"fit_rows", "rows", "seconds", "cluster_seconds", "peak_rss_mb",
+"seconds_per_row_ratio" (largest / smallest row count)}.
 
 `--images` adds the extraction side on real images: the shared birds' unlabeled rows
 (`../shared/data`, the birds_offline preset's index) are embedded through the product path,
@@ -38,8 +42,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from slade_core.clustering import make_sharded_pseudo_labels
+from slade_core.clustering import fit_sample_size, make_sharded_pseudo_labels
 from slade_core.config import ClusterConfig
+from slade_core.directions import unit_rows
 from slade_core.embeddings import embeddings_schema
 from slade_core.io import atomic_path
 from slade_core.shards import part_name, read_dataset
@@ -55,8 +60,7 @@ def write_synthetic(dataset: Path, rows: int, rows_per_shard: int, k: int, seed:
     for number, start in enumerate(range(0, rows, rows_per_shard)):
         n = min(rows_per_shard, rows - start)
         rng = np.random.default_rng([seed, number])
-        x = centres[rng.integers(0, k, n)] + rng.standard_normal((n, DIM), dtype=np.float32)
-        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        x = unit_rows(centres[rng.integers(0, k, n)] + rng.standard_normal((n, DIM), np.float32))
         table = pa.Table.from_arrays(
             [
                 pa.array([f"u{i:09d}" for i in range(start, start + n)], pa.string()),
@@ -71,29 +75,46 @@ def write_synthetic(dataset: Path, rows: int, rows_per_shard: int, k: int, seed:
         del x, table
 
 
-def measure(rows: int, args: argparse.Namespace) -> dict[str, float]:
-    """One row count end to end in this process."""
+def cluster_config(method: str, args: argparse.Namespace) -> ClusterConfig:
+    return ClusterConfig(
+        method=method, k=args.k, iterations=args.iterations, train_sample_size=args.sample
+    )
+
+
+def measure(method: str, rows: int, args: argparse.Namespace) -> dict[str, float]:
+    """One method and row count end to end in this process."""
     with tempfile.TemporaryDirectory(dir=args.work) as work:
         root = Path(work)
         started = time.perf_counter()
         write_synthetic(root / "embeddings.parquet", rows, args.rows_per_shard, args.k, args.seed)
-        cfg = ClusterConfig(k=args.k, iterations=args.iterations, train_sample_size=args.sample)
+        clustering = time.perf_counter()
         result = make_sharded_pseudo_labels(
-            root / "embeddings.parquet", root / "pseudo_labels.parquet", cfg
+            root / "embeddings.parquet",
+            root / "pseudo_labels.parquet",
+            cluster_config(method, args),
         )
+        clustered = time.perf_counter()
         labels = read_dataset(result.path, columns=["image_id", "cluster"])
         assert labels.num_rows == rows, (labels.num_rows, rows)
         seconds = time.perf_counter() - started
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    return {"rows": rows, "seconds": round(seconds, 2), "peak_rss_mb": round(peak_mb, 1)}
+    return {
+        "rows": rows,
+        "seconds": round(seconds, 2),
+        "cluster_seconds": round(clustered - clustering, 2),
+        "peak_rss_mb": round(peak_mb, 1),
+    }
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[250_000, 1_000_000, 4_000_000])
     parser.add_argument("--rows-per-shard", type=int, default=50_000)
+    parser.add_argument(
+        "--methods", nargs="+", choices=("kmeans", "ward"), default=["kmeans", "ward"]
+    )
     parser.add_argument("--k", type=int, default=100)
-    parser.add_argument("--sample", type=int, default=25_600, help="k-means training rows")
+    parser.add_argument("--sample", type=int, default=25_600, help="rows the centres are fitted on")
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=None, help="scratch directory (disk)")
@@ -101,29 +122,38 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--image-rows-per-shard", type=int, default=256)
     parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.one:  # a child: one row count
-        print(json.dumps(measure(args.rows[0], args)))
+    return parser.parse_args(argv)
+
+
+def in_fresh_process(method: str, rows: int, argv: list[str]) -> dict[str, float]:
+    """`measure` of one method and row count in a child process (its peak RSS is its own)."""
+    child = [*_without(argv, ("--rows", "--methods")), "--methods", method, "--rows", str(rows)]
+    out = subprocess.run(
+        [sys.executable, __file__, *child, "--one"], check=True, capture_output=True, text=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if args.one:  # a child: one method and row count
+        print(json.dumps(measure(args.methods[0], args.rows[0], args)))
         return {}
     images = measure_extraction(args) if args.images else None
-    figures = []
-    for rows in args.rows:
-        child = [*_without_rows(sys.argv[1:] if argv is None else argv), "--rows", str(rows)]
-        out = subprocess.run(
-            [sys.executable, __file__, *child, "--one"], check=True, capture_output=True, text=True
-        )
-        figures.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        print(json.dumps(figures[-1]), file=sys.stderr)
-    per_row = [f["seconds"] / f["rows"] for f in figures]
-    report = {
-        "rows": [f["rows"] for f in figures],
-        "seconds": [f["seconds"] for f in figures],
-        "peak_rss_mb": [f["peak_rss_mb"] for f in figures],
-        "seconds_per_row_ratio": round(per_row[-1] / per_row[0], 3),
-        "rows_per_shard": args.rows_per_shard,
-        "k": args.k,
-        "sample": args.sample,
-    }
+    report: dict = {"rows_per_shard": args.rows_per_shard, "k": args.k, "methods": {}}
+    for method in args.methods:
+        figures = []
+        for rows in args.rows:
+            figures.append(in_fresh_process(method, rows, argv))
+            print(json.dumps({"method": method, **figures[-1]}), file=sys.stderr)
+        per_row = [f["seconds"] / f["rows"] for f in figures]
+        cap = fit_sample_size(cluster_config(method, args))
+        report["methods"][method] = {
+            "fit_rows": [min(cap or rows, rows) for rows in args.rows],
+            **{key: [f[key] for f in figures] for key in figures[0]},
+            "seconds_per_row_ratio": round(per_row[-1] / per_row[0], 3),
+        }
     if images is not None:
         report["images"] = images
     print(json.dumps(report))
@@ -198,11 +228,11 @@ def _set_torch_threads(n: int) -> None:
     torch.set_num_threads(n)
 
 
-def _without_rows(argv: list[str]) -> list[str]:
-    """argv minus its `--rows a b c` values (each child gets one row count)."""
+def _without(argv: list[str], options: tuple[str, ...]) -> list[str]:
+    """argv minus these options and their values (each child gets one of each)."""
     out, skipping = [], False
     for arg in argv:
-        if arg == "--rows":
+        if arg in options:
             skipping = True
         elif skipping and not arg.startswith("--"):
             continue
