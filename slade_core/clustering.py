@@ -195,15 +195,14 @@ def make_sharded_pseudo_labels(
 ) -> ClusterResult:
     """Pseudo labels of an embeddings dataset as a dataset: part i labels embeddings part i.
 
-    k-means trains on the seeded sample of `make_pseudo_labels` (the same rows, gathered part
-    by part; every row when cluster.train_sample_size is unset), then every part is assigned
-    with the centroids by `assign_part`. So the labels equal `make_pseudo_labels`' on the same
-    rows, and peak memory is the sample plus one part. `map_parts` runs the assignment calls
-    (keyword arguments of `assign_part`, one per part) and returns their results in order:
-    one after another here by default, or on a cluster (the caller's engine). The centroids
-    reach the calls as a file (`_centroids.npy` beside the parts), read once per part. Parts
-    carry the columns and metadata of pseudo_labels.parquet; `_common_metadata` adds the stats
-    (known only at the end).
+    The centres are fitted on the seeded sample of `make_pseudo_labels` (the same rows,
+    gathered part by part), then every part is assigned with them by `assign_part`. So the
+    labels equal `make_pseudo_labels`' on the same rows, and peak memory is the sample plus
+    one part. `map_parts` runs the assignment calls (keyword arguments of `assign_part`, one
+    per part) and returns their results in order: one after another here by default, or on a
+    cluster (the caller's engine). The centres reach the calls as a file (`_centroids.npy`
+    beside the parts), read once per part. Parts carry the columns and metadata of
+    pseudo_labels.parquet; `_common_metadata` adds the stats (known only at the end).
     """
     parts = dataset_parts(embeddings_path)
     fit, kept = sampled_centres(parts, cfg, split)
@@ -254,9 +253,9 @@ def sampled_centres(
     parts: Sequence[Path], cfg: ClusterConfig, split: str
 ) -> tuple[Fit, list[tuple[list[int], list[int]]]]:
     """The centres of `cfg.method` fitted on the seeded sample of the `split` rows, read part
-    by part, and for Ward, per part,
-    (row numbers within the part's split rows, their groups) of the fitted rows: they keep
-    their group (`assign_part`'s `kept`). The list is empty for k-means."""
+    by part, and for Ward, per part, (row numbers within the part's split rows, their
+    groups) of the fitted rows: they keep their group (`assign_part`'s `kept`). The list is
+    empty for k-means."""
     counts = [_split_rows(p, split) for p in parts]
     n = sum(counts)
     if n == 0:
