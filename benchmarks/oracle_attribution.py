@@ -5,7 +5,8 @@ student (`use_basis=False, use_mining=False`) once per variant, each from anothe
 file: the hidden species (the oracle) or the run's own pseudo labels, on a subset of the
 unlabeled images (the others left out). The student's epoch length is fixed to the whole
 set's, so a subset changes which pairs the student sees, not how long it trains. Prints
-MAP@R and its difference to the control (the same student with lambda1 = 0) trained here.
+MAP@R and its difference to the control (train_control: the student's steps on labeled data
+only, the pipeline's control stage) trained here.
 
 Variants (hidden labels are diagnostics the method never sees):
   oracle                  hidden species on every unlabeled image
@@ -46,6 +47,7 @@ from slade_core.clustering import write_pseudo_labels  # noqa: E402
 from slade_core.config import PipelineConfig  # noqa: E402
 from slade_core.directions import mean_directions, unit_rows  # noqa: E402
 from slade_core.embeddings import extract_embeddings, read_embeddings  # noqa: E402
+from slade_core.training import train_control  # noqa: E402
 from slade_core.training.student import student_epoch_length, train_student  # noqa: E402
 
 VARIANTS = (
@@ -171,18 +173,12 @@ class Attribution:
             "use_mining": False,
             "optim": student.optim.model_copy(update={"iterations_per_epoch": steps}),
         }
+        args = (self.index_path, path, self.teacher, self.config.model)
+        cfg, where = student.model_copy(update=update), out / "student"
         if variant == "control":
-            update["lambda1"] = 0.0
-        result = train_student(
-            self.index_path,
-            path,
-            self.teacher,
-            self.config.model,
-            student.model_copy(update=update),
-            self.runtime,
-            out / "student",
-            audit_classes=self.audit,
-        )
+            result = train_control(*args, cfg, self.runtime, where)
+        else:
+            result = train_student(*args, cfg, self.runtime, where, audit_classes=self.audit)
         metrics = birds.evaluate_checkpoint(result.checkpoint_path, self.index_path, self.runtime)
         return len(ids), metrics["map_at_r"]
 
