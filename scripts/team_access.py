@@ -11,6 +11,7 @@ PASSWORD, AWS_*, REQUESTS_CA_BUNDLE / SSL_CERT_FILE) for `check`.
 
 from __future__ import annotations
 
+import base64
 import os
 import sys
 
@@ -67,8 +68,6 @@ def _check_prefect() -> None:
     api = os.environ["PREFECT_API_URL"].rstrip("/")
     headers = {}
     if auth := os.environ.get("PREFECT_API_AUTH_STRING"):
-        import base64
-
         headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
     verify = os.environ.get("SSL_CERT_FILE") or True
     reply = _request(
