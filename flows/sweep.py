@@ -5,10 +5,10 @@ The flow is named `slade` like the pipeline, so both deployments sit under one f
 Prefect UI (`slade/full-pipeline`, `slade/sweep`); Prefect keys deployments by flow name
 and deployment name, not by function. Each trial is the `slade` pipeline as a subflow on
 the validation split, without publish or registration; its stages are cached by inputs
-and config like any run's, so a student-only sweep trains the teacher once. Optuna picks
-the trials (grid, or seeded TPE) and keeps the study beside the runs, so running the same
-sweep again resumes it. A failed trial is told to the study as failed and the sweep goes
-on. The search space is validated against the config loader before any trial.
+and config like any run's, so a student-only sweep trains the teacher once. Optuna runs the
+trials (`study.optimize`: grid, or seeded TPE) and keeps the study beside the runs, so
+running the same sweep again resumes it. A failed trial is recorded as failed and the
+sweep goes on. The search space is validated against the config loader before any trial.
 """
 
 from __future__ import annotations
@@ -84,7 +84,8 @@ def sweep(
     sweep_run = start_sweep_run(spec, str(flow_run.get_id()), git_commit())
     status = "FAILED"
     try:
-        progress = create_progress_artifact(0.0, key="slade-sweep-progress")
+        done, described = _progress(spec, study)  # a resumed sweep starts where it was
+        progress = create_progress_artifact(done, key="slade-sweep-progress", description=described)
         remaining = spec.budget - len(finished_trials(study))
         if remaining > 0:
             study.optimize(
@@ -133,21 +134,27 @@ def _objective(
     return objective
 
 
+def _progress(spec: SweepSpec, study: optuna.Study) -> tuple[float, str]:
+    """Percent of the budget done, and what the Prefect UI shows beside it: trials done
+    out of the budget and the best so far."""
+    done = len(finished_trials(study))
+    description = f"{done}/{spec.budget} trials"
+    if study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+        best = study.best_trial
+        description += f"; best {spec.metric} = {best.value:.4f} (trial {best.number}: "
+        description += ", ".join(f"{k}={v}" for k, v in best.params.items()) + ")"
+    return 100.0 * done / spec.budget, description
+
+
 def _progress_reporter(
     spec: SweepSpec, sweep_run: str, progress: UUID
 ) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
     def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        """The Prefect UI's view (trials done out of the budget, best so far, the trials)
-        and the sweep run's curves."""
-        done = len(finished_trials(study))
-        description = f"{done}/{spec.budget} trials"
+        """After each trial: the progress artifact, the trials table, the sweep run's
+        curves."""
         if trial.state == optuna.trial.TrialState.COMPLETE:
             record_trial(sweep_run, trial.number, trial.value, study.best_value)
-        if study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
-            best = study.best_trial
-            description += f"; best {spec.metric} = {best.value:.4f} (trial {best.number}: "
-            description += ", ".join(f"{k}={v}" for k, v in best.params.items()) + ")"
-        update_progress_artifact(progress, 100.0 * done / spec.budget, description=description)
+        update_progress_artifact(progress, *_progress(spec, study))
         create_table_artifact(
             trials_table(sweep_run, spec.metric),
             key="slade-sweep-trials",

@@ -11,6 +11,7 @@ import os
 
 from mlflow.tracking import MlflowClient
 
+from slade_core.evaluate import percent
 from tasks.sweep_records import render_table, trials_table
 
 
@@ -30,13 +31,14 @@ def main() -> None:
         raise SystemExit(f"no sweep run of flow run {args.flow_run_id} in {client.tracking_uri}")
     sweep = found[0]
     metric = sweep.data.params["sweep.metric"]
-    print(f"\nsweep {sweep.data.tags['slade.study']} ({sweep.info.status}), {metric} on the")
-    print(f"last {sweep.data.params['sweep.validation_classes']} training classes:\n")
+    held_out = sweep.data.params["sweep.validation_classes"]
+    print(f"\nsweep {sweep.data.tags['slade.study']} ({sweep.info.status}): {metric} in percent")
+    print(f"on the last {held_out} training classes\n")
     print(render_table(trials_table(sweep.info.run_id, metric)))
     best, test_run = sweep.data.tags.get("slade.best_trial"), sweep.data.tags.get("slade.test_run")
     if test_run:
-        print(f"\nbest: trial {best}; on the test split {metric} = ", end="")
-        print(f"{sweep.data.metrics.get(f'test/{metric}', float('nan')):.4f} (run {test_run})")
+        score = percent(sweep.data.metrics.get(f"test/{metric}"))
+        print(f"\nbest: trial {best}; on the test split {metric} = {score} (run {test_run})")
     base = os.environ.get("MLFLOW_TRACKING_URI", "")
     exp = sweep.info.experiment_id
     url = f"{base}/#/experiments/{exp}/runs/{sweep.info.run_id}"

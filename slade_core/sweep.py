@@ -75,7 +75,7 @@ class SweepSpec(StrictModel):
     sampler: Literal["grid", "tpe"] = "grid"
     trials: int | None = Field(None, ge=1)
     seed: int = 0
-    metric: str = Field("student/map_at_r", pattern=r"^[A-Za-z0-9_]+/[A-Za-z0-9_]+$")
+    metric: str = "student/map_at_r"
     validation_classes: int = Field(15, ge=0)
 
     @field_validator("space", mode="before")
@@ -94,6 +94,14 @@ class SweepSpec(StrictModel):
                     raise ValueError(f"{field}: {reasons}") from None
             parsed[field] = values
         return parsed
+
+    @field_validator("metric")
+    @classmethod
+    def _model_and_metric(cls, metric: str) -> str:
+        model, _, name = metric.partition("/")
+        if not model or not name or "/" in name:
+            raise ValueError(f"{metric!r} is not <model>/<metric>, e.g. student/map_at_r")
+        return metric
 
     @model_validator(mode="after")
     def _searchable(self) -> SweepSpec:
@@ -154,12 +162,10 @@ def parse_sweep(**fields: Any) -> SweepSpec:
         lines = ["invalid sweep:", *(f"  {_reason(item)}" for item in exc.errors())]
         raise SweepError("\n".join(lines)) from None
     base = _load(spec, {}, "the base config")
-    if spec.metric.startswith("student_minus_control/") and not getattr(
-        base.evaluate, "control", False
-    ):
+    if spec.metric.startswith("student_minus_control/") and not base.evaluate.control:
         raise SweepError(
-            f"metric {spec.metric!r} needs the control stage: add evaluate.control: true to "
-            f"overrides"
+            f"invalid sweep: metric {spec.metric!r} needs the control stage: set "
+            f"evaluate.control: true"
         )
     for field, values in spec.space.items():
         ends = [values.low, values.high] if isinstance(values, Range) else values

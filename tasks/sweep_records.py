@@ -16,6 +16,7 @@ from typing import Any
 
 import optuna
 
+from slade_core.evaluate import percent
 from slade_core.sweep import SweepSpec
 from tasks.locations import runs_root
 from tasks.provenance import code_version
@@ -30,6 +31,7 @@ from tasks.tracking import (
 
 SWEEP_TAG = "slade.sweep_run"
 TRIAL_TAG = "slade.sweep_trial"
+BUDGET_TAG = "slade.sweep_budget"
 HEARTBEAT_SECONDS = 30
 SPLIT_TAG = "slade.sweep_split"  # "test" on the best trial's test run
 
@@ -74,12 +76,13 @@ def start_sweep_run(spec: SweepSpec, flow_run_id: str, git_commit: str) -> str:
     exp = experiment_id(client)
     found = client.search_runs(
         [exp],
-        filter_string=(f"tags.`slade.kind` = 'sweep' and tags.`slade.study` = '{spec.study_name}'"),
+        filter_string=f"tags.`slade.kind` = 'sweep' and tags.`slade.study` = '{spec.study_name}'",
         max_results=1,
     )
     if found:
         run_id = found[0].info.run_id
         client.set_tag(run_id, "prefect.flow_run_id", flow_run_id)
+        client.set_tag(run_id, BUDGET_TAG, str(spec.budget))
         client.update_run(run_id, status="RUNNING")
         _end_interrupted_trials(run_id)
         return run_id
@@ -93,15 +96,13 @@ def start_sweep_run(spec: SweepSpec, flow_run_id: str, git_commit: str) -> str:
             "slade.preset": spec.preset,
             "mlflow.source.git.commit": git_commit,
             "slade.code_version": code_version(),
+            BUDGET_TAG: str(spec.budget),  # a re-run may raise it: a tag, not a param
         },
     )
-    definition = spec.model_dump(mode="json", exclude={"space", "overrides"})
-    log_params(client, run.info.run_id, {f"sweep.{k}": v for k, v in definition.items()})
-    log_params(
-        client,
-        run.info.run_id,
-        {"sweep.space": json.dumps(spec.model_dump(mode="json")["space"])[:6000]},
-    )
+    definition = spec.model_dump(mode="json", exclude={"trials"})
+    params = {f"sweep.{k}": v for k, v in definition.items() if k not in ("space", "overrides")}
+    params |= {f"sweep.{k}": json.dumps(definition[k])[:6000] for k in ("space", "overrides")}
+    log_params(client, run.info.run_id, params)
     return run.info.run_id
 
 
@@ -111,7 +112,7 @@ def _end_interrupted_trials(sweep_run_id: str) -> None:
     exp = client.get_run(sweep_run_id).info.experiment_id
     running = client.search_runs(
         [exp],
-        filter_string=(f"tags.`{SWEEP_TAG}` = '{sweep_run_id}' and attributes.status = 'RUNNING'"),
+        filter_string=f"tags.`{SWEEP_TAG}` = '{sweep_run_id}' and attributes.status = 'RUNNING'",
     )
     for run in running:
         flow_run_id = run.data.tags["prefect.flow_run_id"]
@@ -163,7 +164,7 @@ def record_failure(sweep_run_id: str, number: int, message: str) -> None:
 
 def trials_table(sweep_run_id: str, metric: str) -> list[dict[str, Any]]:
     """One row per trial (its latest run): number, searched fields, status, the metric and,
-    when logged, the student's gain over the control."""
+    when logged, the student's gain over the control (metrics in percent)."""
     client = mlflow_client()
     sweep = client.get_run(sweep_run_id)
     fields = list(json.loads(sweep.data.params.get("sweep.space", "{}")))
@@ -179,15 +180,15 @@ def trials_table(sweep_run_id: str, metric: str) -> list[dict[str, Any]]:
     rows = []
     for number, run in sorted(latest.items()):
         row = {"trial": number, **{f: run.data.params.get(f) for f in fields}}
-        row |= {"status": run.info.status, metric: _rounded(run.data.metrics.get(metric))}
+        row |= {"status": run.info.status, metric: _percent(run.data.metrics.get(metric))}
         if gain != metric and gain in run.data.metrics:
-            row[gain] = _rounded(run.data.metrics[gain])
+            row[gain] = _percent(run.data.metrics[gain])
         rows.append(row)
     return rows
 
 
-def _rounded(value: float | None) -> float | None:
-    return None if value is None else round(value, 4)
+def _percent(value: float | None) -> str | None:
+    return None if value is None else percent(value)
 
 
 def render_table(rows: list[dict[str, Any]]) -> str:
@@ -196,5 +197,6 @@ def render_table(rows: list[dict[str, Any]]) -> str:
         return "(no trials)"
     header = list(dict.fromkeys(key for row in rows for key in row))
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(row.get(h, "")) for h in header) + " |" for row in rows]
+    cells = [["" if row.get(h) is None else str(row[h]) for h in header] for row in rows]
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
     return "\n".join(lines)

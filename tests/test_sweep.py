@@ -35,6 +35,12 @@ VALIDATION_CLASSES = 4  # of quickstart's 24 training classes
         ({"cluster.k": {"low": 4, "high": 8}}, {}, "space.cluster.k: sampler 'grid'"),
         ({"cluster.k": [4]}, {"sampler": "tpe"}, "needs a trial budget"),
         ({"cluster.k": []}, {}, "space.cluster.k: give at least one value"),
+        ({"cluster.k": [4]}, {"metric": "map_at_r"}, "metric: 'map_at_r' is not <model>/<metric>"),
+        (
+            {"cluster.k": [4]},
+            {"metric": "student_minus_control/map_at_r", "overrides": {"evaluate.control": False}},
+            "needs the control stage",
+        ),
     ],
 )
 def test_bad_search_space_is_refused_naming_the_field(space, extra, named):
@@ -187,6 +193,25 @@ def _task_states(flow_run_id) -> dict[str, str]:
     return {run.name: run.state.name for run in sorted(runs, key=lambda r: r.created)}
 
 
+def _artifact(key: str, flow_run_id):
+    """A flow run's artifact (a progress artifact is updated in place)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+    )
+
+    with get_client(sync_client=True) as client:
+        (artifact,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[key]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
+            )
+        )
+    return artifact
+
+
 def _mlflow():
     from tasks.tracking import experiment_id, mlflow_client
 
@@ -206,6 +231,8 @@ def test_sweep_trains_the_teacher_once_and_goes_on_after_a_failed_trial(swept):
     teacher = {name: _task_states(trials[name].id)["train_teacher"] for name in SPACE_TRIALS}
     assert teacher == {"trial-0": "Completed", "trial-1": "Cached", "trial-2": "Cached"}
     assert [row["status"] for row in first.result()["trials"]] == ["FAILED", "FINISHED", "FINISHED"]
+    progress = _artifact("slade-sweep-progress", first.state_details.flow_run_id)
+    assert progress.data == 100.0 and progress.description.startswith("3/3 trials; best ")
 
 
 @pytest.mark.slow
@@ -237,9 +264,14 @@ def test_trials_are_children_of_the_sweep_run_with_params_and_metrics(swept):
 def test_best_trial_runs_on_test_and_is_registered_with_its_sweep(swept):
     first, _ = swept
     result = first.result()
-    client, _ = _mlflow()
+    client, exp = _mlflow()
+    trials = client.search_runs(
+        [exp], filter_string=f"tags.`mlflow.parentRunId` = '{result['mlflow_run_id']}'"
+    )
     scores = {
-        t["trial"]: t["student/map_at_r"] for t in result["trials"] if t["status"] == "FINISHED"
+        int(t.data.tags["slade.sweep_trial"]): t.data.metrics["student/map_at_r"]
+        for t in trials
+        if t.info.status == "FINISHED"
     }
     assert result["best_trial"] == max(scores, key=scores.get)
     test_run = client.get_run(result["test_run_id"])
@@ -265,3 +297,17 @@ def test_running_the_sweep_again_resumes_it(swept):
     assert again.result()["mlflow_run_id"] == first.result()["mlflow_run_id"]
     assert again.result()["test_run_id"] == first.result()["test_run_id"]
     assert _subflow_runs(again.state_details.flow_run_id) == {}  # nothing left to run
+
+
+@pytest.mark.slow
+def test_the_report_prints_the_trials_table(swept):
+    _, again = swept
+    report = subprocess.run(
+        [sys.executable, "scripts/sweep_report.py", str(again.state_details.flow_run_id)],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "| trial | student.lambda2 | status | student/map_at_r |" in report
+    assert f"best: trial {again.result()['best_trial']}; on the test split" in report
