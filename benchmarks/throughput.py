@@ -22,8 +22,11 @@ Figures, in images per second (one JSON object on stdout, also written to --out)
 Each figure is the best of `--rounds` rounds, which go round-robin over the figures (other
 jobs on a shared machine only ever slow a round down); `img_s_per_round` has them all.
 `ratios` divides each step figure by `bare`. Steps run under the stage's precision
-(`slade_core.device.Precision`: bf16 autocast and channels_last on CUDA, fp32 on CPU); the
-first `--warmup` steps of each figure are not timed. Images: `--images` of
+(`slade_core.device.Precision`: channels_last, bf16 autocast on CUDA, fp32 on CPU); the
+first `--warmup` steps of each figure are not timed. Variants to try, applied to every figure
+alike: `--amp-on-cpu` (bf16 autocast on the CPU too, runtime.amp_on_cpu),
+`--no-channels-last` (runtime.channels_last off), `--compile` (torch.compile each net; its
+compile time falls in the untimed warm-up steps of the first round). Images: `--images` of
 ../shared/data/cub100 (the first images of as many classes as needed, 8 per class), or
 generated 500 x 375 JPEGs when it is absent.
 """
@@ -83,6 +86,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--cache-dir", type=Path, default=None, help="decoded cache (default: fresh)")
     p.add_argument("--no-pil", action="store_true", help="skip the PIL-every-step figure")
+    p.add_argument("--amp-on-cpu", action="store_true", help="bf16 autocast on the CPU too")
+    p.add_argument("--no-channels-last", action="store_true", help="contiguous (NCHW) tensors")
+    p.add_argument("--compile", action="store_true", help="torch.compile every net")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = p.parse_args(argv)
     if args.batch % 8 or args.batch < 16:
@@ -179,7 +185,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     cache = args.cache_dir or scratch / "cache"
     device = resolve_device(args.device)
     runtime = RuntimeConfig(
-        device=str(device), feature_cache_dir=cache, num_workers=args.workers, seed=0
+        device=str(device),
+        feature_cache_dir=cache,
+        num_workers=args.workers,
+        seed=0,
+        amp_on_cpu=args.amp_on_cpu,
+        channels_last=not args.no_channels_last,
     )
     precision = Precision.for_runtime(runtime, device)
     spec = ModelConfig(
@@ -198,6 +209,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "precision": str(precision.dtype or torch.float32).removeprefix("torch."),
         "channels_last": precision.channels_last,
+        "compiled": args.compile,
         "backbone": args.backbone,
         "image_size": args.image_size,
         "batch": args.batch,
@@ -221,7 +233,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     def fresh_net():
         seed_everything(0)
-        return precision.place(create_model(spec), images=True)
+        net = precision.place(create_model(spec), images=True)
+        return torch.compile(net) if args.compile else net
 
     def teacher_run(run_runtime: RuntimeConfig) -> tuple[Step, object]:
         net = fresh_net()

@@ -139,7 +139,8 @@ def test_cpu_runs_stay_fp32_unless_amp_on_cpu_asks_for_bf16():
     assert Precision.for_runtime(RuntimeConfig(), cpu).dtype is None
     assert Precision.for_runtime(RuntimeConfig(amp=False, amp_on_cpu=True), cpu).dtype is None
     bf16 = Precision.for_runtime(RuntimeConfig(amp_on_cpu=True), cpu)
-    assert bf16.dtype == torch.bfloat16 and not bf16.channels_last
+    assert bf16.dtype == torch.bfloat16 and bf16.channels_last  # runtime.channels_last's default
+    assert not Precision.for_runtime(RuntimeConfig(channels_last=False), cpu).channels_last
     assert not bf16.grad_scaler().is_enabled()  # bf16 needs no loss scaling
     model = create_model(_spec(trainable_blocks=-1))
     with bf16.autocast():
