@@ -192,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         amp_on_cpu=args.amp_on_cpu,
         channels_last=not args.no_channels_last,
     )
-    precision = Precision.for_runtime(runtime, device)
+    precision = Precision.for_runtime(runtime, device, whole_trunk=True)  # the whole trunk trains
     spec = ModelConfig(
         backbone=args.backbone,
         weights="none",  # speed does not depend on the weights; nothing to download

@@ -46,16 +46,19 @@ def cpu_has_native_bf16() -> bool:
 @dataclass(frozen=True)
 class Precision:
     """AMP and memory-format choices: on CUDA both apply; a CPU run is fp32 unless
-    runtime.amp_on_cpu asks for bf16 autocast. runtime.channels_last applies everywhere: on
-    a CPU a whole-trunk Lite0 training step runs 1.14x faster in it (benchmarks/README.md),
-    and a partial trunk's step is bit-identical (its cached maps are channels_last anyway)."""
+    runtime.amp_on_cpu asks for bf16 autocast. runtime.channels_last applies on CUDA, and on
+    a CPU to the whole trunk, whose Lite0 training step runs 1.14x faster in it
+    (benchmarks/README.md). A partial trunk on a CPU stays in the default layout: there the
+    layout changes its floating-point results and buys nothing measured."""
 
     device: torch.device
     dtype: torch.dtype | None = None
     channels_last: bool = False
 
     @classmethod
-    def for_runtime(cls, runtime: RuntimeConfig, device: torch.device) -> Precision:
+    def for_runtime(
+        cls, runtime: RuntimeConfig, device: torch.device, whole_trunk: bool = False
+    ) -> Precision:
         if device.type != "cuda":
             bf16 = runtime.amp and runtime.amp_on_cpu and device.type == "cpu"
             if bf16 and not cpu_has_native_bf16():
@@ -63,7 +66,8 @@ class Precision:
                     "runtime.amp_on_cpu: this CPU has no native bf16, so autocast is emulated "
                     "and likely slower than fp32; set runtime.amp_on_cpu=false"
                 )
-            return cls(device, torch.bfloat16 if bf16 else None, runtime.channels_last)
+            channels_last = runtime.channels_last and whole_trunk
+            return cls(device, torch.bfloat16 if bf16 else None, channels_last)
         dtype = None
         if runtime.amp:
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

@@ -138,9 +138,12 @@ def test_cpu_runs_stay_fp32_unless_amp_on_cpu_asks_for_bf16():
     cpu = torch.device("cpu")
     assert Precision.for_runtime(RuntimeConfig(), cpu).dtype is None
     assert Precision.for_runtime(RuntimeConfig(amp=False, amp_on_cpu=True), cpu).dtype is None
-    bf16 = Precision.for_runtime(RuntimeConfig(amp_on_cpu=True), cpu)
+    bf16 = Precision.for_runtime(RuntimeConfig(amp_on_cpu=True), cpu, whole_trunk=True)
     assert bf16.dtype == torch.bfloat16 and bf16.channels_last  # runtime.channels_last's default
-    assert not Precision.for_runtime(RuntimeConfig(channels_last=False), cpu).channels_last
+    whole = RuntimeConfig(channels_last=False)
+    assert not Precision.for_runtime(whole, cpu, whole_trunk=True).channels_last
+    # a partial trunk on a CPU keeps the default layout (its results stay those of fp32 NCHW)
+    assert not Precision.for_runtime(RuntimeConfig(), cpu).channels_last
     assert not bf16.grad_scaler().is_enabled()  # bf16 needs no loss scaling
     model = create_model(_spec(trainable_blocks=-1))
     with bf16.autocast():

@@ -94,8 +94,8 @@ class TrainingRun:
         self.ctx = distributed.current()
         seed_everything(runtime.seed)
         self.device = self.ctx.device(resolve_device(runtime.device))
-        self.precision = Precision.for_runtime(runtime, self.device)
         net = create_model(start or model)
+        self.precision = Precision.for_runtime(runtime, self.device, whole_trunk=net.mode.whole)
         self.net = self.precision.place(net, images=net.mode.trains_trunk)
 
     def epochs(
