@@ -150,9 +150,12 @@ def student_minus_control(models: Mapping[str, Mapping[str, float | None]]) -> d
 
 
 def unlabeled_verdict(map_at_r_gain: float | None, protocol: str | None = None) -> str:
-    """One line: did the unlabeled images help on this run's test protocol, and by how much
-    (student - control MAP@R, one run: a gap within the seed-to-seed spread is noise)."""
-    where = f"this run's test protocol ({protocol})" if protocol else "this run's test protocol"
+    """One line: did the unlabeled images help on this run's evaluation classes, and by how
+    much (student - control MAP@R, one run: a gap within the seed-to-seed spread is noise)."""
+    if protocol == "validation":
+        where = "this run's validation classes (held-out training classes)"
+    else:
+        where = f"this run's test protocol ({protocol})" if protocol else "this run's test protocol"
     if map_at_r_gain is None or math.isnan(map_at_r_gain):
         return f"Unlabeled images: no verdict, MAP@R is undefined on {where}."
     helped = "helped" if map_at_r_gain > 0 else "did not help"

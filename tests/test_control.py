@@ -195,6 +195,7 @@ def test_the_report_says_whether_the_unlabeled_images_helped():
     assert unlabeled_verdict(-0.001).startswith("Unlabeled images did not help")
     assert unlabeled_verdict(0.0).startswith("Unlabeled images did not help")
     assert "no verdict" in unlabeled_verdict(None)
+    assert "on this run's validation classes" in unlabeled_verdict(0.01, "validation")
 
 
 @pytest.mark.slow
