@@ -78,18 +78,15 @@ def _check_prefect() -> None:
         headers=headers,
         json={"limit": 1},
     )
-    if reply.status_code in (401, 403):
-        raise AccessError(
-            f"the Prefect API at {api} refused this worker ({reply.status_code}): "
-            + (
-                "PREFECT_API_AUTH_STRING is wrong: copy prefect-auth again from the server's "
-                "secrets directory"
-                if auth
-                else "PREFECT_API_AUTH_STRING is not set"
-            )
-            + " (scripts/team-stack.sh worker-env prints the exports)"
-        )
-    _raise_unless_ok("Prefect API", api, reply)
+    _raise_unless_accepted(
+        "the Prefect API",
+        api,
+        reply,
+        "PREFECT_API_AUTH_STRING is wrong: copy prefect-auth again from the server's secrets "
+        "directory"
+        if auth
+        else "PREFECT_API_AUTH_STRING is not set",
+    )
     print(f"prefect: {api} accepts this worker")
 
 
@@ -104,18 +101,15 @@ def _check_mlflow() -> None:
         auth=auth,
         params={"max_results": 1},
     )
-    if reply.status_code in (401, 403):
-        raise AccessError(
-            f"MLflow at {uri} refused this worker ({reply.status_code}): "
-            + (
-                f"the password of MLflow user {user!r} is wrong: copy mlflow-pipeline again "
-                "from the server's secrets directory"
-                if user
-                else "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD are not set"
-            )
-            + " (scripts/team-stack.sh worker-env prints the exports)"
-        )
-    _raise_unless_ok("MLflow", uri, reply)
+    _raise_unless_accepted(
+        "MLflow",
+        uri,
+        reply,
+        f"the password of MLflow user {user!r} is wrong: copy mlflow-pipeline again from the "
+        "server's secrets directory"
+        if user
+        else "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD are not set",
+    )
     print(f"mlflow: {uri} accepts user {user or '(none)'}")
 
 
@@ -149,7 +143,14 @@ def _request(what: str, method: str, url: str, **kwargs) -> requests.Response:
         raise AccessError(f"{what} at {url} cannot be reached: {err}") from None
 
 
-def _raise_unless_ok(what: str, url: str, reply: requests.Response) -> None:
+def _raise_unless_accepted(what: str, url: str, reply: requests.Response, fix: str) -> None:
+    """A refusal (401/403) says `fix`, what to change on this worker; other errors say what
+    the server answered."""
+    if reply.status_code in (401, 403):
+        raise AccessError(
+            f"{what} at {url} refused this worker ({reply.status_code}): {fix} "
+            "(scripts/team-stack.sh worker-env prints the exports)"
+        )
     if not reply.ok:
         raise AccessError(f"{what} at {url} answered {reply.status_code}: {reply.text[:200]}")
 

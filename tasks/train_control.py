@@ -10,6 +10,7 @@ from slade_core.config import PipelineConfig
 from slade_core.training import launch_control, train_control
 from slade_core.training.control import control_config
 from tasks.stage import StageContext, stage_task
+from tasks.train_student import student_inputs
 
 
 def control_view(config: PipelineConfig) -> PipelineConfig:
@@ -20,12 +21,7 @@ def control_view(config: PipelineConfig) -> PipelineConfig:
 def train_control_task(ctx: StageContext, config, upstream) -> dict[str, float]:
     """Continue the teacher on labeled data for the student's steps; the pseudo labels only
     count them. Per-epoch metrics as for the teacher."""
-    teacher = upstream["teacher"]
-    inputs = [
-        ctx.input(upstream["data"], "index.parquet"),
-        ctx.input(upstream["pseudo_labels"], "pseudo_labels.parquet"),
-        ctx.input(teacher, teacher["checkpoint"]),
-    ]
+    inputs = student_inputs(ctx, upstream)
     return ctx.train(
         train_control, launch_control, inputs, config.model, config.student, config.runtime
     )

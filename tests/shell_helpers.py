@@ -17,12 +17,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_sourced(
-    env_script: str, command: str, env: dict[str, str], timeout: float
+def sourced(
+    env_script: str | Path, command: str, env: dict[str, str], timeout: float
 ) -> subprocess.CompletedProcess:
-    """Run `command` in bash after `source <env_script>` (e.g. scripts/env.sh); assert it
-    succeeded, showing the ends of its output otherwise."""
-    result = subprocess.run(
+    """Run `command` in bash after `source <env_script>` (e.g. scripts/env.sh), in the repo,
+    capturing its output; whatever its exit status."""
+    return subprocess.run(
         ["bash", "-c", f"source {env_script} && {command}"],
         cwd=REPO,
         env=env,
@@ -30,6 +30,13 @@ def run_sourced(
         text=True,
         timeout=timeout,
     )
+
+
+def run_sourced(
+    env_script: str, command: str, env: dict[str, str], timeout: float
+) -> subprocess.CompletedProcess:
+    """`sourced`, asserting that it succeeded (showing the ends of its output otherwise)."""
+    result = sourced(env_script, command, env, timeout)
     assert result.returncode == 0, f"{command}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return result
 

@@ -28,7 +28,7 @@ from unittest import mock
 
 import httpx
 import pytest
-from shell_helpers import free_port, mlflow_runs, run_sourced, wait_for
+from shell_helpers import free_port, mlflow_runs, run_sourced, sourced, wait_for
 
 # servers ~30-60 s, the quickstart run ~60-180 s on 2 idle cores (far more when they are
 # shared); the TLS run reuses the cached stages
@@ -176,15 +176,9 @@ def _remote_worker(stack_env, homes: list[Path], home: Path, proxy_env=None) -> 
     return env
 
 
-def _start_remote_worker(env, home: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["bash", "-c", f"source {home / 'worker.env'} && scripts/team-stack.sh worker gpu-pool"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def _start_remote_worker(env, home: Path, env_file: str = "worker.env"):
+    """`scripts/team-stack.sh worker gpu-pool` with home/<env_file> (worker-env's exports)."""
+    return sourced(home / env_file, "scripts/team-stack.sh worker gpu-pool", env, timeout=120)
 
 
 def _secret_values(env) -> set[str]:
@@ -442,14 +436,7 @@ def test_a_worker_through_the_tls_proxy_runs_the_pipeline(stack, pipeline_run, t
     no_ca.write_text(
         re.sub(r"^export (SSL_CERT_FILE|REQUESTS_CA_BUNDLE)=.*$", "", printed, flags=re.M)
     )
-    refused = subprocess.run(
-        ["bash", "-c", f"source {no_ca} && scripts/team-stack.sh worker gpu-pool"],
-        cwd=REPO,
-        env=tls_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    refused = _start_remote_worker(tls_env, home, no_ca.name)
     assert refused.returncode != 0
     log = (home / "logs" / "worker-gpu-pool.log").read_text()
     assert "TLS certificate is not trusted" in log, log

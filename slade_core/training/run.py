@@ -20,14 +20,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import Sampler
 
-from slade_core.config import ModelConfig, RuntimeConfig, StudentConfig, TeacherConfig
+from slade_core.config import (
+    ModelConfig,
+    RankingLossConfig,
+    RuntimeConfig,
+    StudentConfig,
+    TeacherConfig,
+)
 from slade_core.device import Precision, resolve_device
 from slade_core.io import stable_hash
+from slade_core.losses import build_ranking_loss
 from slade_core.models import create_model
 from slade_core.samplers import first_occurrences
 from slade_core.training import distributed
@@ -62,6 +70,21 @@ class Batch:
 
 # objective(batch) -> (loss to minimise, per-step metrics to average)
 Objective = Callable[[Batch], tuple[torch.Tensor, Mapping[str, torch.Tensor | float]]]
+
+
+def ranking_objective(
+    loss: RankingLossConfig, labels: np.ndarray, device: torch.device
+) -> Objective:
+    """L_rank of each batch under its rows' `labels`, with the batch's repeated share as
+    `duplicate_fraction` (the teacher's objective, and the control's on labeled data)."""
+    label_tensor = torch.tensor(labels, device=device)
+    ranking = build_ranking_loss(loss)
+
+    def objective(batch: Batch):
+        value = ranking(batch.embeddings, label_tensor[batch.positions])
+        return value, {"duplicate_fraction": batch.repeated_share()}
+
+    return objective
 
 
 class TrainingRun:

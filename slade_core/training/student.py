@@ -99,6 +99,20 @@ def starting_weights(
     )
 
 
+def input_digests(
+    index_path: str | os.PathLike,
+    pseudo_labels_path: str | os.PathLike,
+    teacher_checkpoint: str | os.PathLike,
+    start: ModelConfig | None,
+) -> dict[str, list[str]]:
+    """What the student (and its control) resume on: the index, the pseudo labels and, when
+    it starts from it (`starting_weights`), the teacher checkpoint."""
+    inputs = [index_path, pseudo_labels_path]
+    if start is not None:
+        inputs.append(teacher_checkpoint)
+    return {"inputs": [file_digest(p) for p in inputs]}
+
+
 def train_student(
     index_path: str | os.PathLike,
     pseudo_labels_path: str | os.PathLike,
@@ -121,10 +135,7 @@ def train_student(
     pseudo, n_clusters = _dense(unlabeled["cluster"].to_numpy(np.int64))
     all_labels = np.concatenate([labels, pseudo + n_classes])
     start = starting_weights(model, student, teacher_checkpoint)
-    inputs = [index_path, pseudo_labels_path]
-    if start is not None:
-        inputs.append(teacher_checkpoint)
-    digests = {"inputs": [file_digest(p) for p in inputs]}
+    digests = input_digests(index_path, pseudo_labels_path, teacher_checkpoint, start)
     run = TrainingRun("student", model, student, runtime, out_dir, digests, start=start)
     device = run.device
     lbs, ubs = student.labeled_batch_size, student.unlabeled_batch_size

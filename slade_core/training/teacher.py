@@ -10,15 +10,13 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import torch
 
 from slade_core.config import ModelConfig, RuntimeConfig, TeacherConfig
 from slade_core.io import file_digest
-from slade_core.losses import build_ranking_loss
 from slade_core.samplers import MPerClassBatchSampler
 from slade_core.training.data import read_split
 from slade_core.training.loop import EpochCallback, TrainResult
-from slade_core.training.run import Batch, TrainingRun
+from slade_core.training.run import TrainingRun, ranking_objective
 
 
 def train_teacher(
@@ -44,12 +42,6 @@ def train_teacher(
     sampler = MPerClassBatchSampler(
         labels, teacher.m_per_class, teacher.batch_size, runtime.seed, iterations
     )
-    label_tensor = torch.tensor(labels, device=run.device)
-    ranking = build_ranking_loss(teacher.loss)
-
-    def objective(batch: Batch):
-        loss = ranking(batch.embeddings, label_tensor[batch.positions])
-        return loss, {"duplicate_fraction": batch.repeated_share()}
-
+    objective = ranking_objective(teacher.loss, labels, run.device)
     history = run.epochs([frame], sampler, teacher.batch_size, objective, on_epoch)
     return run.finish(history)
