@@ -15,38 +15,24 @@ def test_typo_in_field_is_named_with_a_suggestion():
     assert "pth: unknown field; did you mean 'path'?" in str(err.value)
 
 
+def _folder(**fields):
+    """A folder manifest with `fields` added."""
+    return {"name": "m", "type": "folder", "path": ".", **fields}
+
+
 def test_typo_in_nested_split_and_type():
     with pytest.raises(ManifestError, match=r"split\.tset: unknown field; did you mean 'test'"):
-        parse_manifest(
-            {
-                "name": "m",
-                "type": "folder",
-                "path": ".",
-                "split": {"rule": "classes", "train": [0, 4], "tset": [5, 9]},
-            }
-        )
+        parse_manifest(_folder(split={"rule": "classes", "train": [0, 4], "tset": [5, 9]}))
     with pytest.raises(ManifestError, match=r"type: .*'cvs'"):
         parse_manifest({"name": "m", "type": "cvs", "path": "x"})
 
 
 def test_split_ranges_must_not_overlap_and_sources_need_a_way_in():
     with pytest.raises(ManifestError, match="overlap"):
-        parse_manifest(
-            {
-                "name": "m",
-                "type": "folder",
-                "path": ".",
-                "split": {"rule": "classes", "train": [0, 5], "test": [5, 9]},
-            }
-        )
+        parse_manifest(_folder(split={"rule": "classes", "train": [0, 5], "test": [5, 9]}))
     with pytest.raises(ManifestError, match=r"train \(0, 5\) and unlabeled \(4, 4\) overlap"):
         parse_manifest(
-            {
-                "name": "m",
-                "type": "folder",
-                "path": ".",
-                "split": {"rule": "classes", "train": [0, 5], "test": [6, 9], "unlabeled": [4, 4]},
-            }
+            _folder(split={"rule": "classes", "train": [0, 5], "test": [6, 9], "unlabeled": [4, 4]})
         )
     with pytest.raises(ManifestError, match="needs a url or gated"):
         parse_manifest({"name": "m", "type": "cub200", "sources": [{"filename": "a.tgz"}]})

@@ -212,6 +212,11 @@ def _artifact(key: str, flow_run_id):
     return artifact
 
 
+def _children(client, exp, parent_run_id: str):
+    """The MLflow runs whose parent is `parent_run_id` (a sweep's trials)."""
+    return client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+
+
 def _mlflow():
     from tasks.tracking import experiment_id, mlflow_client
 
@@ -243,9 +248,7 @@ def test_trials_are_children_of_the_sweep_run_with_params_and_metrics(swept):
     client, exp = _mlflow()
     sweep_run = client.get_run(result["mlflow_run_id"])
     assert sweep_run.data.tags["slade.kind"] == "sweep" and sweep_run.info.status == "FINISHED"
-    children = client.search_runs(
-        [exp], filter_string=f"tags.`mlflow.parentRunId` = '{sweep_run.info.run_id}'"
-    )
+    children = _children(client, exp, sweep_run.info.run_id)
     by_trial = {int(c.data.tags["slade.sweep_trial"]): c for c in children}
     assert sorted(by_trial) == [0, 1, 2]
     assert by_trial[0].info.status == "FAILED"
@@ -265,9 +268,7 @@ def test_best_trial_runs_on_test_and_is_registered_with_its_sweep(swept):
     first, _ = swept
     result = first.result()
     client, exp = _mlflow()
-    trials = client.search_runs(
-        [exp], filter_string=f"tags.`mlflow.parentRunId` = '{result['mlflow_run_id']}'"
-    )
+    trials = _children(client, exp, result["mlflow_run_id"])
     scores = {
         int(t.data.tags["slade.sweep_trial"]): t.data.metrics["student/map_at_r"]
         for t in trials

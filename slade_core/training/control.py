@@ -12,13 +12,13 @@ labeled images alone.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+import os
 
 import numpy as np
 
-from slade_core.config import StudentConfig
+from slade_core.config import ModelConfig, RuntimeConfig, StudentConfig
 from slade_core.training.data import read_split
-from slade_core.training.loop import TrainResult, takes_arguments_of
+from slade_core.training.loop import EpochCallback, TrainResult
 from slade_core.training.run import TrainingRun, ranking_objective
 from slade_core.training.student import (
     input_digests,
@@ -26,7 +26,6 @@ from slade_core.training.student import (
     read_pseudo_labeled,
     starting_weights,
     student_epoch_length,
-    train_student,
 )
 
 # the student fields the control reads; the others do not change it (control_config)
@@ -49,27 +48,31 @@ def control_config(student: StudentConfig) -> StudentConfig:
     return switched_off.model_copy(update={name: getattr(student, name) for name in READS})
 
 
-@takes_arguments_of(train_student)
-def train_control(args: SimpleNamespace) -> TrainResult:
+def train_control(
+    index_path: str | os.PathLike,
+    pseudo_labels_path: str | os.PathLike,
+    teacher_checkpoint: str | os.PathLike,
+    model: ModelConfig,
+    student: StudentConfig,
+    runtime: RuntimeConfig,
+    out_dir: str | os.PathLike,
+    on_epoch: EpochCallback | None = None,
+) -> TrainResult:
     """Train the control of the student that `student` configures (the arguments of
-    `train_student`, up to on_epoch); write out_dir/control.pt and history.json.
+    `train_student`); write out_dir/control.pt and history.json.
 
     The pseudo labels are read only to count the student's steps per epoch. Resumes from
     out_dir/resume.pt when it was written for the same configuration and inputs.
     """
-    student = control_config(args.student)
-    labeled = read_split(args.index_path, "train")
-    pseudo_rows = len(read_pseudo_labeled(args.index_path, args.pseudo_labels_path))
+    student = control_config(student)
+    labeled = read_split(index_path, "train")
+    pseudo_rows = len(read_pseudo_labeled(index_path, pseudo_labels_path))
     labels = labeled["label"].to_numpy(np.int64)
-    start = starting_weights(args.model, student, args.teacher_checkpoint)
-    digests = input_digests(
-        args.index_path, args.pseudo_labels_path, args.teacher_checkpoint, start
-    )
-    run = TrainingRun(
-        "control", args.model, student, args.runtime, args.out_dir, digests, start=start
-    )
+    start = starting_weights(model, student, teacher_checkpoint)
+    digests = input_digests(index_path, pseudo_labels_path, teacher_checkpoint, start)
+    run = TrainingRun("control", model, student, runtime, out_dir, digests, start=start)
     iterations = student_epoch_length(student, len(labeled), pseudo_rows)
-    sampler = labeled_sampler(labels, student, args.runtime.seed, iterations)
+    sampler = labeled_sampler(labels, student, runtime.seed, iterations)
     objective = ranking_objective(student.loss, labels, run.device)
-    history = run.epochs([labeled], sampler, student.labeled_batch_size, objective, args.on_epoch)
+    history = run.epochs([labeled], sampler, student.labeled_batch_size, objective, on_epoch)
     return run.finish(history, pseudo_labeled_rows=pseudo_rows)

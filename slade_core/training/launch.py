@@ -14,6 +14,7 @@ rank 0 keeps `resume.pt` in `out_dir`.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -22,26 +23,14 @@ import socket
 import subprocess
 import sys
 from collections import deque
-from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 
 from slade_core.config import ModelConfig, RuntimeConfig, StudentConfig, TeacherConfig
 from slade_core.io import stable_hash, write_json
-from slade_core.training.control import train_control
-from slade_core.training.loop import EpochCallback, TrainResult, takes_arguments_of
-from slade_core.training.student import train_student
-from slade_core.training.teacher import train_teacher
+from slade_core.training.loop import EpochCallback, TrainResult
 
-# the PipelineConfig section each stage reads its settings from (the control: the student's);
-# it is also the name of the train_* parameter that takes those settings
+# the PipelineConfig section each stage reads its settings from (the control: the student's)
 CONFIG_SECTIONS = {"teacher": "teacher", "student": "student", "control": "student"}
-# the train_* input parameters and the `python -m slade_core.training` flags that carry them
-INPUT_FLAGS = {
-    "index_path": "--index",
-    "pseudo_labels_path": "--pseudo-labels",
-    "teacher_checkpoint": "--teacher",
-}
 _RAISED = re.compile(r"\[rank\d+\]: [\w.]*(Error|Exception|Interrupt)\b")
 
 
@@ -140,27 +129,40 @@ def torchrun_command(
     ]  # fmt: skip
 
 
-def _launcher(stage: str, train: Callable[..., TrainResult]) -> Callable[..., TrainResult]:
-    """`train` under torchrun: the same arguments, passed on as the input flags of
-    INPUT_FLAGS to `python -m slade_core.training <stage>`."""
-
-    @takes_arguments_of(train)
-    def launch(args: SimpleNamespace) -> TrainResult:
-        given = vars(args)
-        arguments = [
-            part for name, flag in INPUT_FLAGS.items() if name in given
-            for part in (flag, str(given[name]))
-        ]  # fmt: skip
-        return _launch(
-            stage, arguments, args.model, given[CONFIG_SECTIONS[stage]], args.runtime,
-            Path(args.out_dir), args.on_epoch,
-        )  # fmt: skip
-
-    launch.__name__ = launch.__qualname__ = f"launch_{stage}"
-    launch.__doc__ = f"`{train.__name__}` in runtime.processes torchrun processes."
-    return launch
+def launch_teacher(
+    index_path: str | os.PathLike,
+    model: ModelConfig,
+    teacher: TeacherConfig,
+    runtime: RuntimeConfig,
+    out_dir: str | os.PathLike,
+    on_epoch: EpochCallback | None = None,
+) -> TrainResult:
+    """`train_teacher` in runtime.processes torchrun processes."""
+    arguments = ["--index", str(index_path)]
+    return _launch("teacher", arguments, model, teacher, runtime, Path(out_dir), on_epoch)
 
 
-launch_teacher = _launcher("teacher", train_teacher)
-launch_student = _launcher("student", train_student)
-launch_control = _launcher("control", train_control)
+def _launch_on_pseudo_labels(
+    stage: str,
+    index_path: str | os.PathLike,
+    pseudo_labels_path: str | os.PathLike,
+    teacher_checkpoint: str | os.PathLike,
+    model: ModelConfig,
+    student: StudentConfig,
+    runtime: RuntimeConfig,
+    out_dir: str | os.PathLike,
+    on_epoch: EpochCallback | None = None,
+) -> TrainResult:
+    """`train_student` or `train_control` (the same arguments) under torchrun."""
+    arguments = [
+        "--index", str(index_path),
+        "--pseudo-labels", str(pseudo_labels_path),
+        "--teacher", str(teacher_checkpoint),
+    ]  # fmt: skip
+    return _launch(stage, arguments, model, student, runtime, Path(out_dir), on_epoch)
+
+
+launch_student = functools.partial(_launch_on_pseudo_labels, "student")
+launch_student.__doc__ = "`train_student` in runtime.processes torchrun processes."
+launch_control = functools.partial(_launch_on_pseudo_labels, "control")
+launch_control.__doc__ = "`train_control` in runtime.processes torchrun processes."

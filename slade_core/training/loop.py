@@ -12,15 +12,12 @@ rank's RNG state, so a resumed multi-process run also repeats its augmentations.
 
 from __future__ import annotations
 
-import functools
-import inspect
 import logging
 import math
 import random
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Protocol
 
 import numpy as np
@@ -51,32 +48,6 @@ StepFn = Callable[
 class TrainResult:
     checkpoint_path: Path
     history: list[dict[str, float]]
-
-
-def takes_arguments_of(
-    train: Callable[..., TrainResult],
-) -> Callable[[Callable[[SimpleNamespace], TrainResult]], Callable[..., TrainResult]]:
-    """Decorator: the decorated `body(args)` takes the arguments of `train` (its parameters
-    up to on_epoch) and gets them bound by name, defaults filled in, as `args.<name>`. So a
-    stage run another way (under torchrun, or the control of the student) keeps one
-    signature, the one of `train`."""
-    parameters = list(inspect.signature(train).parameters.values())
-    names = [p.name for p in parameters]
-    signature = inspect.signature(train).replace(
-        parameters=parameters[: names.index("on_epoch") + 1]
-    )
-
-    def decorate(body: Callable[[SimpleNamespace], TrainResult]) -> Callable[..., TrainResult]:
-        @functools.wraps(body)
-        def run(*args: Any, **kwargs: Any) -> TrainResult:
-            bound = signature.bind(*args, **kwargs)
-            bound.apply_defaults()
-            return body(SimpleNamespace(**bound.arguments))
-
-        run.__signature__ = signature
-        return run
-
-    return decorate
 
 
 class BatchSource(Protocol):
