@@ -77,13 +77,13 @@ def _task_runs(prefix: str, since: datetime | None = None) -> list:
 
 
 def _check_dataset(runs: Path) -> list[dict]:
-    """The embeddings dataset has exactly one part per shard and every train and unlabeled
-    row once; the pseudo labels cover the unlabeled rows."""
+    """The embeddings dataset has exactly one part per shard and every unlabeled row once (the
+    clustering labels only those); the pseudo labels cover the unlabeled rows."""
     (stage,) = (runs / "extract_embeddings").glob("*/stage.json")
     dataset = stage.parent / "embeddings.parquet"
     (prepared,) = (runs / "prepare_data").glob("*/index.parquet")
     index = pd.read_parquet(prepared)
-    embedded = index.loc[index["split"].isin(["train", "unlabeled"]), "image_id"].tolist()
+    embedded = index.loc[index["split"] == "unlabeled", "image_id"].tolist()
     n_shards = -(-len(embedded) // ROWS_PER_SHARD)
     assert n_shards >= 4
     names = sorted(p.name for p in dataset.iterdir())
