@@ -184,11 +184,11 @@ def _run_best_on_test(
             return_state=True,
         )
         result = state.result()  # raises when the test run failed
-        registered = result["registered"]
-        client.set_model_version_tag(
-            registered["name"], registered["version"], SWEEP_TAG, sweep_run
-        )
         run_id = result["mlflow_run_id"]
+    # tag the registered version every time, so a sweep resumed after its test run finished
+    # (but before this tag was set) still leaves it on the version
+    for version in client.search_model_versions(f"tags.`slade.pipeline_run` = '{run_id}'"):
+        client.set_model_version_tag(version.name, version.version, SWEEP_TAG, sweep_run)
     test_metrics = client.get_run(run_id).data.metrics
     log_metrics(client, sweep_run, {f"test/{k}": v for k, v in test_metrics.items()})
     client.set_tag(sweep_run, "slade.best_trial", str(best.number))

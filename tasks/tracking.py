@@ -31,7 +31,10 @@ RETRIED = "the flow run was retried while this run was still marked running"
 
 
 def mlflow_client() -> MlflowClient:
-    return MlflowClient(tracking_uri=tracking_uri())
+    """A client of this run's tracking server for runs and the Model Registry alike (the
+    registry would otherwise follow mlflow's process-wide URI, which publish sets)."""
+    uri = tracking_uri()
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def experiment_name() -> str:

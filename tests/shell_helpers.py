@@ -60,7 +60,9 @@ def mlflow_runs(env: dict[str, str], flow_run_id: str | None = None):
     from mlflow.tracking import MlflowClient
 
     host = env.get("SLADE_SERVER_HOST", "127.0.0.1")
-    client = MlflowClient(tracking_uri=f"http://{host}:{env['SLADE_MLFLOW_PORT']}")
+    uri = f"http://{host}:{env['SLADE_MLFLOW_PORT']}"
+    # the registry too: mlflow's process-wide registry URI may still name an earlier test's server
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     exp = client.get_experiment_by_name("slade").experiment_id
     if flow_run_id is None:
         return client, None, client.search_runs([exp])
